@@ -1,0 +1,185 @@
+"""Geometry-safe reading, validation and atomic writing of 3D images.
+
+SimpleITK owns physical geometry (size, spacing, origin, direction, in LPS); nothing
+here drops it. Readers accept any SimpleITK-readable file or a DICOM series folder and
+validate what they read, so later stages can assume a finite, non-constant 3D scalar
+volume with positive spacing. Writers go through a temporary name in the target folder
+and rename, so a crash or a cancel never leaves a half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputError, OutputError
+
+__all__ = [
+    "WRITABLE_SUFFIXES",
+    "read_image",
+    "validate_image",
+    "write_image",
+    "atomic_path",
+    "check_writable_dir",
+    "same_geometry",
+]
+
+logger = logging.getLogger(__name__)
+
+WRITABLE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".seg.nrrd", ".mha", ".mhd")
+
+
+def read_image(path: str | os.PathLike, *, validate: bool = True) -> sitk.Image:
+    """Read a 3D scalar image from a file or from a folder holding one DICOM series.
+
+    Args:
+        path: an image file (.nii, .nii.gz, .nrrd, .mha, .mhd, ...) or a DICOM folder.
+            When a folder holds several series, the one with the most files is read
+            and a warning names the others.
+        validate: check the image with :func:`validate_image` (default).
+
+    Returns:
+        The image with its geometry, pixel type unchanged.
+
+    Raises:
+        InputError: the path does not exist, cannot be read, or fails validation.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    try:
+        image = _read_dicom_folder(path) if path.is_dir() else sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        reason = _first_line(str(error))
+        raise InputError(f"{path}: cannot be read as an image ({reason})") from error
+    if validate:
+        validate_image(image, path)
+    return image
+
+
+def _read_dicom_folder(folder: Path) -> sitk.Image:
+    series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    if not series_ids:
+        raise InputError(f"{folder}: folder holds no DICOM series")
+    files_per_series = {
+        sid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids
+    }
+    chosen = max(files_per_series, key=lambda sid: len(files_per_series[sid]))
+    if len(series_ids) > 1:
+        others = ", ".join(sid for sid in series_ids if sid != chosen)
+        logger.warning("%s: reading DICOM series %s (most files); also present: %s", folder, chosen, others)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files_per_series[chosen])
+    return reader.Execute()
+
+
+def validate_image(image: sitk.Image, path: str | os.PathLike = "<image>") -> None:
+    """Raise :class:`InputError` unless ``image`` is a usable 3D scalar volume.
+
+    Checked: three dimensions with at least two voxels along each; one component per
+    voxel; positive spacing; finite voxel values; not constant (an all-equal volume is
+    empty for our purposes).
+    """
+    if image.GetDimension() != 3:
+        raise InputError(f"{path}: image is {image.GetDimension()}D, a 3D volume is required")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(
+            f"{path}: image has {image.GetNumberOfComponentsPerPixel()} components per voxel "
+            "(colour or vector image); a scalar volume is required"
+        )
+    size = image.GetSize()
+    if min(size) < 2:
+        raise InputError(f"{path}: image size {size} has a single slice along an axis; a 3D volume is required")
+    spacing = image.GetSpacing()
+    if not all(np.isfinite(s) and s > 0 for s in spacing):
+        raise InputError(f"{path}: voxel spacing {spacing} must be positive")
+    array = sitk.GetArrayViewFromImage(image)
+    if np.issubdtype(array.dtype, np.floating):
+        bad = np.count_nonzero(~np.isfinite(array))
+        if bad:
+            raise InputError(f"{path}: image has {bad} non-finite (NaN or Inf) voxels")
+    if array.min() == array.max():
+        raise InputError(f"{path}: image is empty (every voxel equals {array.flat[0]})")
+
+
+def check_writable_dir(folder: str | os.PathLike) -> Path:
+    """Create ``folder`` if needed and check that files can be created in it.
+
+    Raises:
+        OutputError: the folder cannot be created or written.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise OutputError(f"{folder}: output folder is not writable ({error.strerror or error})") from error
+    return folder
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (same suffix); rename it to ``path`` on success.
+
+    On an exception the temporary file is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    suffix = "".join(path.suffixes[-2:]) if path.name.endswith((".nii.gz", ".seg.nrrd")) else path.suffix
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{suffix}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = True) -> Path:
+    """Write ``image`` atomically to ``path`` (.nii.gz, .nii, .nrrd, .mha).
+
+    Raises:
+        OutputError: unsupported suffix, or the file cannot be written.
+    """
+    path = Path(path)
+    if not path.name.endswith(WRITABLE_SUFFIXES):
+        raise OutputError(f"{path}: unsupported output format; use one of {', '.join(WRITABLE_SUFFIXES)}")
+    if path.name.endswith(".mhd"):
+        # .mhd writes a second (.raw/.zraw) file that a rename would leave behind.
+        raise OutputError(f"{path}: .mhd writes two files; use .mha for a single-file MetaImage")
+    if not path.parent.is_dir():
+        raise OutputError(f"{path}: output folder {path.parent} does not exist")
+    try:
+        with atomic_path(path) as tmp:
+            sitk.WriteImage(image, str(tmp), compress)
+    except (RuntimeError, OSError) as error:
+        raise OutputError(f"{path}: cannot be written ({_first_line(str(error))})") from error
+    return path
+
+
+def same_geometry(a: sitk.Image, b: sitk.Image, tolerance: float = 1e-6) -> bool:
+    """True when ``a`` and ``b`` share size, and spacing, origin, direction within ``tolerance``."""
+    return (
+        a.GetSize() == b.GetSize()
+        and np.allclose(a.GetSpacing(), b.GetSpacing(), rtol=0, atol=tolerance)
+        and np.allclose(a.GetOrigin(), b.GetOrigin(), rtol=0, atol=tolerance)
+        and np.allclose(a.GetDirection(), b.GetDirection(), rtol=0, atol=tolerance)
+    )
+
+
+def _first_line(message: str) -> str:
+    """ITK errors are multi-line with file/line noise; keep the most telling line."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    for line in reversed(lines):
+        if ":" in line and not line.startswith(("/", "sitk::ERROR")):
+            return line.split(": ", 1)[-1] if line.count(":") > 2 else line
+    return lines[-1] if lines else "unknown error"
