@@ -1,0 +1,1 @@
+"""Networks of Register by Generation: Stage 1, registration, DACA and Stage 2."""
