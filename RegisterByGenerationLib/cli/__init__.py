@@ -21,6 +21,8 @@ __all__ = ["main", "build_parser", "SUBCOMMANDS"]
 #: Sub-command name -> module under ``RegisterByGenerationLib.cli``.
 SUBCOMMANDS = {
     "phantom": "phantom",
+    "run": "run",
+    "models": "models",
 }
 
 

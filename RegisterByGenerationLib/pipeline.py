@@ -1,0 +1,302 @@
+"""The inference engine: DESIGN §3 from two SimpleITK images to a pseudo-CT on the input grid.
+
+``Pipeline`` loads a model once and runs it on many cases::
+
+    pipeline = Pipeline("phantom-mr-lite", device="auto")
+    result = pipeline.run(read_image("mr.nii.gz"), read_image("ct.nii.gz"))
+    write_outputs(result, "out/")
+
+Per case: rigid pre-alignment of the reference CT to the input (optional), resampling of
+the reference onto the input grid, the slice canvas of the model (reorientation,
+in-plane spacing, pad/crop), intensity normalisation, slice batches through
+Stage 1 → registration → Stage 2, and the exact inverse of every step back to the
+input's grid. Progress goes to a callback; a ``threading.Event`` cancels between batches,
+and nothing is written by ``run`` itself, so a cancelled run leaves no files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from .errors import Cancelled, InputError, ModelError
+from .geometry import CanvasGrid, resample_onto
+from .intensity import n4_bias_correct, normalization_from_config
+from .io import check_writable_dir, write_image
+from .mask import body_mask
+from .modelstore import ModelInfo, default_model_name, find_model, load_model
+from .prealign import check_overlap, rigid_prealign
+from .progress import ProgressCallback, SubProgress
+
+__all__ = ["Pipeline", "PipelineResult", "select_device", "write_outputs", "OUTPUT_FILES"]
+
+logger = logging.getLogger(__name__)
+
+AIR_HU = -1024.0
+#: File names written by :func:`write_outputs` (the Slicer module and batch runs read these).
+OUTPUT_FILES = {
+    "pseudo_ct": "pseudo_ct.nii.gz",
+    "stage1": "stage1.nii.gz",
+    "flow_magnitude": "flow_magnitude_mm.nii.gz",
+    "reference_prealigned": "reference_prealigned.nii.gz",
+}
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then Apple MPS, then the CPU; an explicit device must exist.
+
+    Raises:
+        InputError: unknown name, or the requested accelerator is not available.
+    """
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise InputError(f"device must be auto, cpu, cuda[:N] or mps, got {name!r}") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("device 'cuda' requested but no CUDA GPU is usable (torch reports none); use --device cpu or auto")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError("device 'mps' requested but Apple MPS is not available; use --device cpu or auto")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise InputError(f"device must be auto, cpu, cuda[:N] or mps, got {name!r}")
+    return device
+
+
+@dataclass
+class PipelineResult:
+    """Everything a run produced, on the input's grid; nothing is on disk yet."""
+
+    pseudo_ct: sitk.Image
+    reference_prealigned: sitk.Image
+    transform: sitk.Transform
+    stage1: sitk.Image | None = None
+    flow_magnitude: sitk.Image | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    device: str = "cpu"
+    batch_size: int = 0
+    canvas: dict[str, Any] = field(default_factory=dict)
+
+
+class Pipeline:
+    """Load a model once; generate pseudo-CTs for many (input, reference CT) pairs.
+
+    Args:
+        model: installed model name, model directory, or None for the default model of
+            ``modality``.
+        modality: ``"mr"`` or ``"cbct"``, the kind of input image; must match the model.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
+        batch_size: slices per forward pass; None chooses one (and halves it on CUDA
+            out-of-memory errors).
+        prealign: rigidly pre-align the reference CT to the input (mutual information).
+        seed: seed of the pre-alignment's metric sampling.
+
+    Raises:
+        ModelError: the model is missing, corrupt, or made for another modality.
+        InputError: an unknown device or modality, or a batch size below 1.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike | None = None,
+        *,
+        modality: str = "mr",
+        device: str = "auto",
+        batch_size: int | None = None,
+        prealign: bool = True,
+        seed: int = 0,
+    ) -> None:
+        if modality not in ("mr", "cbct"):
+            raise InputError(f"modality must be 'mr' or 'cbct', got {modality!r}")
+        if batch_size is not None and batch_size < 1:
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
+        self.info: ModelInfo = find_model(model if model is not None else default_model_name(modality))
+        if self.info.modality != modality:
+            raise ModelError(f"model {self.info.name!r} is for {self.info.modality.upper()} input, not {modality.upper()}; pick a {modality.upper()} model or change --modality")
+        self.modality = modality
+        self.device = select_device(device)
+        self.model = load_model(self.info, self.device)
+        self.batch_size = batch_size
+        self.prealign = prealign
+        self.seed = seed
+        self._last_batch_size = 0
+        normalization = self.info.metadata["normalization"]
+        self.input_normalization = normalization_from_config(normalization["input"])
+        self.ct_normalization = normalization_from_config(normalization["reference"])
+
+    def run(
+        self,
+        input_image: sitk.Image,
+        reference_ct: sitk.Image,
+        *,
+        progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+        keep_intermediate: bool = False,
+    ) -> PipelineResult:
+        """Generate the pseudo-CT of ``input_image`` with the texture of ``reference_ct``.
+
+        Returns:
+            A :class:`PipelineResult`; ``pseudo_ct`` is int16 HU with exactly the input's
+            size, spacing, origin and direction.
+
+        Raises:
+            InputError: the images do not overlap physically.
+            Cancelled: ``cancel`` was set; nothing is returned or written.
+        """
+        report = progress or (lambda fraction, stage, message="": None)
+        timings: dict[str, float] = {}
+
+        def checkpoint(stage: str) -> None:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled(f"stopped before {stage}")
+
+        checkpoint("pre-alignment")
+        start = time.perf_counter()
+        check_overlap(input_image, reference_ct)
+        if self.prealign:
+            report(0.0, "prealign", "rigid mutual-information registration of the reference CT")
+            transform = rigid_prealign(input_image, reference_ct, fixed_modality=self.modality, seed=self.seed)
+        else:
+            transform = sitk.Euler3DTransform()
+        reference_on_input = resample_onto(reference_ct, input_image, transform, default_value=AIR_HU)
+        timings["prealign_s"] = time.perf_counter() - start
+
+        checkpoint("preprocessing")
+        report(0.15, "preprocess", "resampling to the model canvas and normalising")
+        start = time.perf_counter()
+        grid = CanvasGrid.for_image(input_image, self.info.pixel_spacing, self.info.canvas)
+        x = self._normalised_input(input_image, grid)
+        ct_map = self.ct_normalization.fit(reference_on_input)
+        y = ct_map.forward(grid.to_canvas(reference_on_input, default_value=AIR_HU))
+        timings["preprocess_s"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        outputs = self._generate(x, y, SubProgress(report, 0.2, 0.95), checkpoint, keep_intermediate)
+        timings["generate_s"] = time.perf_counter() - start
+
+        checkpoint("postprocessing")
+        report(0.95, "postprocess", "restoring the input grid")
+        start = time.perf_counter()
+        pseudo_ct = _to_int16_hu(grid.from_canvas(ct_map.inverse(outputs["output"]), default_value=AIR_HU))
+        result = PipelineResult(
+            pseudo_ct=pseudo_ct,
+            reference_prealigned=reference_on_input,
+            transform=transform,
+            device=str(self.device),
+            batch_size=self._last_batch_size,
+            canvas=grid.to_dict(),
+        )
+        if keep_intermediate:
+            result.stage1 = grid.from_canvas(ct_map.inverse(outputs["stage1"]), default_value=AIR_HU)
+            magnitude = np.hypot(outputs["flow"][:, 0] * grid.pixel_spacing[0], outputs["flow"][:, 1] * grid.pixel_spacing[1])
+            result.flow_magnitude = grid.from_canvas(magnitude.astype(np.float32), default_value=0.0)
+        timings["postprocess_s"] = time.perf_counter() - start
+        result.timings = timings
+        report(1.0, "done", "pseudo-CT ready")
+        return result
+
+    def _normalised_input(self, input_image: sitk.Image, grid: CanvasGrid) -> np.ndarray:
+        """The input on the canvas in [-1, 1] (N4 first when the model was trained with it)."""
+        config = self.info.metadata["normalization"]["input"]
+        mask = body_mask(input_image, modality=self.modality)
+        image = n4_bias_correct(input_image, mask) if config.get("n4") else input_image
+        input_map = self.input_normalization.fit(image, mask)
+        background = float(sitk.GetArrayViewFromImage(image).min())
+        return input_map.forward(grid.to_canvas(image, default_value=background))
+
+    def _generate(self, x: np.ndarray, y: np.ndarray, report: SubProgress, checkpoint, keep_intermediate: bool) -> dict[str, np.ndarray]:
+        """Run the model slice batch by slice batch; back off the batch size on CUDA OOM."""
+        slices = x.shape[0]
+        keys = ("output", "stage1", "flow") if keep_intermediate else ("output",)
+        results: dict[str, list[np.ndarray]] = {key: [] for key in keys}
+        batch = self.batch_size or (16 if self.device.type == "cuda" else 4)
+        done = 0
+        while done < slices:
+            checkpoint("the next slice batch")
+            stop = min(done + batch, slices)
+            report(done / slices, "generate", f"slices {done + 1}-{stop} of {slices}")
+            try:
+                produced = self._forward(x[done:stop], y[done:stop])
+            except torch.OutOfMemoryError:
+                if self.batch_size is not None or batch == 1:
+                    raise
+                batch = max(1, batch // 2)
+                torch.cuda.empty_cache()
+                logger.warning("out of GPU memory; retrying with batch size %d", batch)
+                continue
+            for key in keys:
+                results[key].append(produced[key])
+            done = stop
+        report(1.0, "generate", f"{slices} slices done")
+        self._last_batch_size = batch
+        return {key: np.concatenate(parts) for key, parts in results.items()}
+
+    def _forward(self, x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+        """One batch ``[b, H, W]`` → model outputs as float32 NumPy arrays."""
+
+        def to_tensor(slices: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(slices[:, None])).to(self.device)
+
+        autocast = (
+            torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+            if self.device.type == "cuda"
+            else contextlib.nullcontext()
+        )
+        with torch.inference_mode(), autocast:
+            produced = self.model(to_tensor(x), to_tensor(y))
+        return {
+            "output": produced["output"][:, 0].float().cpu().numpy(),
+            "stage1": produced["stage1"][:, 0].float().cpu().numpy(),
+            "flow": produced["flow"].float().cpu().numpy(),
+        }
+
+
+def _to_int16_hu(image: sitk.Image) -> sitk.Image:
+    array = np.clip(np.rint(sitk.GetArrayViewFromImage(image)), -32768, 32767).astype(np.int16)
+    result = sitk.GetImageFromArray(array)
+    result.CopyInformation(image)
+    return result
+
+
+def write_outputs(result: PipelineResult, out_dir: str | os.PathLike, *, save_intermediate: bool = False) -> dict[str, Path]:
+    """Write the run's images into ``out_dir``: all are staged in a hidden folder there
+    first and moved in only once every file is complete.
+
+    Returns:
+        Output name (keys of :data:`OUTPUT_FILES`) → written path.
+    """
+    out_dir = check_writable_dir(out_dir)
+    images = {"pseudo_ct": result.pseudo_ct}
+    if save_intermediate:
+        images.update(stage1=result.stage1, flow_magnitude=result.flow_magnitude, reference_prealigned=result.reference_prealigned)
+        missing = [name for name, image in images.items() if image is None]
+        if missing:
+            raise ValueError(f"intermediate outputs {missing} were not kept; run with keep_intermediate=True")
+    staging = Path(tempfile.mkdtemp(prefix=".rbg-staging-", dir=out_dir))
+    try:
+        for name, image in images.items():
+            write_image(image, staging / OUTPUT_FILES[name])
+        written = {}
+        for name in images:
+            target = out_dir / OUTPUT_FILES[name]
+            os.replace(staging / OUTPUT_FILES[name], target)
+            written[name] = target
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return written
