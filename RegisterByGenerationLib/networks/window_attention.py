@@ -1,7 +1,34 @@
 """Deformable window attention: the exact operation of DACA with memory independent of P².
 
-Interim implementation (streams over offsets with ``grid_sample`` and an online softmax);
-the interface is final.
+For every query pixel ``p`` and every integer offset ``o`` of a ``P x P`` window, the key
+and value are sampled bilinearly at ``p + flow(p) + o`` and the query attends to those
+``P²`` samples with a softmax. The published implementation materialises all ``P²``
+sampled keys and values (about 23 GB for one 384x320 slice with ``P = 28``). Here the
+result is the same (to float rounding) but nothing of size ``P²`` is ever stored:
+
+* The fractional part of ``p + flow(p) + o`` does not depend on the integer offset ``o``,
+  so the four bilinear weights of a pixel are computed once, and every sample is a
+  weighted sum of the key/value at four *integer* positions ``b(p) + m``, where
+  ``b(p) = floor(p + flow(p))`` and ``m`` runs over a ``(P + 1) x (P + 1)`` grid. Each
+  integer position is gathered once and shared by up to four offsets.
+* The window is streamed one row of integer positions at a time (``P + 1`` positions)
+  with an online softmax (running maximum, running denominator, running weighted sum
+  of values), and pixels are processed in chunks, so the working memory is
+  ``O(chunk · P · C)`` instead of ``O(H · W · P² · C)``.
+* Training uses a custom backward in the style of FlashAttention: the forward saves
+  only ``q, k, v, flow``, the output and the log-sum-exp of the logits; the backward
+  recomputes the window row by row and scatters the key/value gradients back through
+  the bilinear gather. Training memory does not grow with ``P²`` either.
+
+Samples that fall outside the image take part in the softmax with a **zero key and a
+zero value** (bilinear interpolation with zero padding, as
+``grid_sample(..., mode="bilinear", padding_mode="zeros", align_corners=True)`` does for
+pixel coordinates): their logit is 0, not minus infinity. A window entirely outside the
+image therefore returns zero.
+
+Hand-written because no library (MONAI, timm, torchvision) provides an exact,
+memory-streaming deformable window attention; torchvision's deformable convolution and
+``grid_sample`` based implementations all materialise the ``P²`` samples.
 """
 
 from __future__ import annotations
@@ -12,50 +39,292 @@ from torch import Tensor
 
 __all__ = ["deformable_window_attention", "window_offsets"]
 
+#: Elements of one gathered row buffer (pixels x (P + 1) x channels) per chunk. Small on
+#: the CPU so that a row stays in cache; large on accelerators to fill the device.
+_CHUNK_ELEMENTS = {"cpu": 1 << 17}
+_CHUNK_ELEMENTS_DEFAULT = 1 << 25
+
 
 def window_offsets(window: int) -> range:
     """Integer offsets along one axis of a ``window x window`` attention window.
 
-    Even ``window`` uses ``-(P/2 - 1) ... +P/2`` (the published convention), odd uses
-    ``-(P-1)/2 ... +(P-1)/2``.
+    Args:
+        window: side ``P`` of the window, in pixels.
+
+    Returns:
+        ``range(-(P // 2 - 1), P // 2 + 1)`` for even ``P`` (the published convention,
+        e.g. ``-13 ... 14`` for ``P = 28``) and ``range(-(P - 1) // 2, (P - 1) // 2 + 1)``
+        for odd ``P``.
+
+    Raises:
+        ValueError: if ``window`` is not a positive integer.
     """
-    if window < 1:
-        raise ValueError(f"window must be a positive integer, got {window}")
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ValueError(f"window must be a positive integer, got {window!r}")
     return range(-((window - 1) // 2), window // 2 + 1)
 
 
 def deformable_window_attention(
-    query: Tensor, key: Tensor, value: Tensor, flow: Tensor, window: int, scale: float | None = None
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    flow: Tensor,
+    window: int,
+    scale: float | None = None,
+    *,
+    chunk_size: int | None = None,
 ) -> Tensor:
-    """Attention of each query pixel over a ``window x window`` window of keys around ``p + flow(p)``."""
-    batch, heads, dim, height, width = query.shape
+    r"""Attention of each query pixel over a ``P x P`` window of keys around ``p + flow(p)``.
+
+    .. math::
+
+        \mathrm{out}(p) = \sum_{o} \operatorname{softmax}_o\big(s\,\langle q(p),
+        k(p + \varphi(p) + o)\rangle\big)\, v(p + \varphi(p) + o)
+
+    with ``k(·)``, ``v(·)`` bilinear with zero padding and ``o`` over
+    :func:`window_offsets` squared. Exact (no approximation); memory does not grow with
+    ``P²``; differentiable with respect to ``query``, ``key`` and ``value``.
+
+    Args:
+        query: ``[B, heads, d, H, W]`` queries.
+        key: ``[B, heads, d, H, W]`` keys on the same grid.
+        value: ``[B, heads, d, H, W]`` values on the same grid.
+        flow: ``[B, 2, H, W]`` displacement in pixels (channel 0 = dy along rows,
+            channel 1 = dx along columns, DESIGN §4): pixel ``p`` looks at
+            ``p + flow(p)``. It is detached and receives **no gradient** (the
+            registration network is frozen while Stage 2 trains). Must be finite.
+        window: side ``P`` of the window (see :func:`window_offsets`).
+        scale: logit scale ``s``; ``None`` means ``d ** -0.5``.
+        chunk_size: pixels processed at once (memory/speed trade-off only; the result
+            does not depend on it). ``None`` picks a size for the device.
+
+    Returns:
+        ``[B, heads, d, H, W]`` attended values, in the dtype of ``query``. Half and
+        bfloat16 inputs (e.g. under autocast) are computed in float32.
+
+    Raises:
+        ValueError: if shapes, dtypes or devices disagree, or an argument is out of range.
+
+    Example:
+        >>> q = k = v = torch.randn(1, 2, 7, 12, 10)
+        >>> deformable_window_attention(q, k, v, torch.zeros(1, 2, 12, 10), window=4).shape
+        torch.Size([1, 2, 7, 12, 10])
+    """
+    offsets = window_offsets(window)
+    if query.ndim != 5:
+        raise ValueError(f"query must be [B, heads, d, H, W], got {list(query.shape)}")
+    for name, tensor in (("key", key), ("value", value)):
+        if tensor.shape != query.shape:
+            raise ValueError(f"{name} must match query {list(query.shape)}, got {list(tensor.shape)}")
+    batch, _, dim, height, width = query.shape
+    if flow.shape != (batch, 2, height, width):
+        raise ValueError(
+            f"flow must be [B, 2, H, W] matching features {list(query.shape)}, got {list(flow.shape)}"
+        )
+    tensors = (query, key, value, flow)
+    if any(not t.is_floating_point() for t in tensors):
+        raise ValueError("query, key, value and flow must be floating point tensors")
+    if len({t.device for t in tensors}) != 1:
+        raise ValueError(f"query, key, value and flow must be on one device, got {[str(t.device) for t in tensors]}")
     if scale is None:
         scale = dim**-0.5
-    offsets = window_offsets(window)
-    ys = torch.arange(height, device=query.device, dtype=query.dtype).view(1, height, 1)
-    xs = torch.arange(width, device=query.device, dtype=query.dtype).view(1, 1, width)
-    base_y = ys + flow[:, 0].detach()
-    base_x = xs + flow[:, 1].detach()
-    k = key.reshape(batch, heads * dim, height, width)
-    v = value.reshape(batch, heads * dim, height, width)
-    run_max = run_den = acc = None
-    for oy in offsets:
-        for ox in offsets:
-            gy = 2 * (base_y + oy) / max(height - 1, 1) - 1
-            gx = 2 * (base_x + ox) / max(width - 1, 1) - 1
-            grid = torch.stack((gx, gy), dim=-1)
-            ko = F.grid_sample(k, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-            vo = F.grid_sample(v, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-            ko = ko.view(batch, heads, dim, height, width)
-            vo = vo.view(batch, heads, dim, height, width)
-            logit = scale * (query * ko).sum(2, keepdim=True)
-            if run_max is None:
-                run_max, run_den, acc = logit, torch.ones_like(logit), vo
-                continue
-            new_max = torch.maximum(run_max, logit)
-            rescale = torch.exp(run_max - new_max)
-            weight = torch.exp(logit - new_max)
-            run_den = run_den * rescale + weight
-            acc = acc * rescale + weight * vo
-            run_max = new_max
-    return acc / run_den
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size}")
+    if query.numel() == 0:
+        return torch.zeros_like(query)
+
+    # Softmax statistics need float32 at least: half inputs are promoted here, and the
+    # result is cast back so the op is a drop-in under autocast.
+    out_dtype = query.dtype
+    compute_dtype = torch.promote_types(torch.promote_types(query.dtype, key.dtype), value.dtype)
+    if compute_dtype in (torch.float16, torch.bfloat16):
+        compute_dtype = torch.float32
+    q, k, v = (t.to(compute_dtype) for t in (query, key, value))
+    with torch.autocast(device_type=query.device.type, enabled=False):
+        out = _DeformableWindowAttention.apply(
+            q, k, v, flow.detach().to(compute_dtype), len(offsets), float(scale), chunk_size
+        )
+    return out.to(out_dtype)
+
+
+class _WindowSampler:
+    """Where each pixel's window lies in zero-padded, channels-last copies of K and V.
+
+    A table is ``[B * (H + 2) * (W + 2P + 2), heads * d]``: one zero row above and below
+    the image and ``P + 1`` zero columns left and right. Row ``r`` of the integer grid
+    of pixel ``p`` (``r = 0 ... P``) is then ``P + 1`` *consecutive* table rows, so it
+    is gathered with one contiguous copy per pixel from an overlapping strided view.
+    Rows outside the image are clamped onto a zero row and window starts far outside
+    onto zero columns, which leaves every sample unchanged (all zero) and keeps indices
+    bounded for arbitrarily large flows.
+    """
+
+    def __init__(self, flow: Tensor, window: int, heads: int, dim: int) -> None:
+        batch, _, height, width = flow.shape
+        self.window, self.heads, self.dim = window, heads, dim
+        self.height, self.width = height, width
+        self.padded_width = width + 2 * window + 2
+        lo, hi = -((window - 1) // 2), window // 2
+        ys = torch.arange(height, device=flow.device, dtype=flow.dtype).view(1, height, 1) + flow[:, 0]
+        xs = torch.arange(width, device=flow.device, dtype=flow.dtype).view(1, 1, width) + flow[:, 1]
+        y0, x0 = ys.floor(), xs.floor()
+        self.frac_y = (ys - y0).reshape(-1)  # [N] bilinear weight of the lower row
+        self.frac_x = (xs - x0).reshape(-1)
+        # Integer rows of the grid are y0 + lo ... y0 + hi + 1; clamping y0 to
+        # [-(hi + 2), H - lo] keeps a window that lies wholly outside wholly outside.
+        self.first_row = y0.clamp(-(hi + 2), height - lo).long().reshape(-1) + lo
+        x0 = x0.clamp(-(hi + 2), width - lo).long()
+        image_start = torch.arange(batch, device=flow.device).view(batch, 1, 1) * (
+            (height + 2) * self.padded_width
+        )
+        # table index of column x0 + lo in padded row 0
+        self.column_start = (image_start + x0 + lo + window + 1).reshape(-1)
+        self.table_rows = batch * (height + 2) * self.padded_width
+
+    def table(self, x: Tensor) -> Tensor:
+        """``[B, heads, d, H, W]`` -> zero-padded channels-last table ``[rows, heads * d]``."""
+        batch = x.shape[0]
+        x = x.reshape(batch, self.heads * self.dim, self.height, self.width)
+        pad = self.window + 1
+        return F.pad(x, (pad, pad, 1, 1)).permute(0, 2, 3, 1).reshape(self.table_rows, -1).contiguous()
+
+    def untable(self, table: Tensor) -> Tensor:
+        """Inverse of :meth:`table` (drops the padding): ``[B, heads, d, H, W]``."""
+        pad = self.window + 1
+        batch = self.table_rows // ((self.height + 2) * self.padded_width)
+        grid = table.view(batch, self.height + 2, self.padded_width, self.heads, self.dim)
+        return grid[:, 1:-1, pad:-pad].permute(0, 3, 4, 1, 2).contiguous()
+
+    def row_starts(self, pixels: slice, row: int) -> Tensor:
+        """Table index of the first position of grid row ``row`` for each pixel, ``[n]``."""
+        y = (self.first_row[pixels] + row).clamp_(-1, self.height) + 1
+        return y.mul_(self.padded_width).add_(self.column_start[pixels])
+
+    def gather(self, table: Tensor, starts: Tensor) -> Tensor:
+        """The ``P + 1`` table rows from each start: ``[n, P + 1, heads, d]``."""
+        span = self.window + 1
+        channels = table.shape[1]
+        windows = table.view(-1).as_strided((self.table_rows - span + 1, span * channels), (channels, 1))
+        return windows.index_select(0, starts).view(-1, span, self.heads, self.dim)
+
+    def scatter_add(self, table: Tensor, starts: Tensor, rows: Tensor) -> None:
+        """Transpose of :meth:`gather`: add ``rows`` ``[n, P + 1, heads, d]`` into ``table``."""
+        span = self.window + 1
+        index = (starts[:, None] + torch.arange(span, device=starts.device)).reshape(-1)
+        table.index_add_(0, index, rows.reshape(index.shape[0], -1))
+
+
+def _dot(rows: Tensor, vectors: Tensor) -> Tensor:
+    """``<rows[n, m, h, :], vectors[n, h, :]>`` -> ``[n, m, h]``."""
+    return (rows * vectors[:, None]).sum(-1)
+
+
+def _weighted_sum(weights: Tensor, rows: Tensor) -> Tensor:
+    """``sum_m weights[n, m, h] * rows[n, m, h, :]`` -> ``[n, h, d]``."""
+    return (weights[..., None] * rows).sum(1)
+
+
+def _bilinear(upper: Tensor, lower: Tensor, frac_y: Tensor, frac_x: Tensor) -> Tensor:
+    """Per-offset values from two grid rows ``[n, P + 1, h]`` -> ``[n, P, h]``."""
+    upper = torch.lerp(upper[:, :-1], upper[:, 1:], frac_x)
+    lower = torch.lerp(lower[:, :-1], lower[:, 1:], frac_x)
+    return torch.lerp(upper, lower, frac_y)
+
+
+def _splat_columns(per_offset: Tensor, frac_x: Tensor) -> Tensor:
+    """Transpose of the column interpolation: ``[n, P, h]`` -> ``[n, P + 1, h]``."""
+    right = per_offset * frac_x
+    return F.pad(per_offset - right, (0, 0, 0, 1)) + F.pad(right, (0, 0, 1, 0))
+
+
+def _chunks(sampler: _WindowSampler, pixels: int, channels: int, device: torch.device, chunk_size: int | None):
+    if chunk_size is None:
+        budget = _CHUNK_ELEMENTS.get(device.type, _CHUNK_ELEMENTS_DEFAULT)
+        chunk_size = max(1, budget // ((sampler.window + 1) * channels))
+    for start in range(0, pixels, chunk_size):
+        yield slice(start, min(pixels, start + chunk_size))
+
+
+class _DeformableWindowAttention(torch.autograd.Function):
+    """Streaming forward with online softmax; recomputing backward (see module docstring)."""
+
+    @staticmethod
+    def forward(ctx, query, key, value, flow, window, scale, chunk_size):  # noqa: D102
+        batch, heads, dim, height, width = query.shape
+        sampler = _WindowSampler(flow, window, heads, dim)
+        keys, values = sampler.table(key), sampler.table(value)
+        queries = query.permute(0, 3, 4, 1, 2).reshape(-1, heads, dim) * scale
+        pixels = queries.shape[0]
+        out = torch.empty_like(queries)
+        lse = torch.empty(pixels, heads, dtype=query.dtype, device=query.device)
+        for chunk in _chunks(sampler, pixels, heads * dim, query.device, chunk_size):
+            q = queries[chunk]
+            fy, fx = sampler.frac_y[chunk, None, None], sampler.frac_x[chunk, None, None]
+            run_max = torch.full_like(q[..., 0], float("-inf"))
+            denom = torch.zeros_like(run_max)
+            acc = torch.zeros_like(q)
+            pending = torch.zeros(())  # grid-row weights owed to the next row
+            for row in range(window + 1):
+                starts = sampler.row_starts(chunk, row)
+                scores = _dot(sampler.gather(keys, starts), q)
+                if row > 0:
+                    logits = _bilinear(prev_scores, scores, fy, fx)  # offsets of grid row `row - 1`
+                    new_max = torch.maximum(run_max, logits.amax(1))
+                    rescale = torch.exp(run_max - new_max)
+                    probs = torch.exp(logits - new_max[:, None])
+                    denom = denom * rescale + probs.sum(1)
+                    split = _splat_columns(probs, fx)
+                    weights = pending * rescale[:, None] + split * (1 - fy)  # grid row `row - 1` is complete
+                    acc = acc * rescale[..., None] + _weighted_sum(weights, sampler.gather(values, prev_starts))
+                    pending = split * fy
+                    run_max = new_max
+                prev_scores, prev_starts = scores, starts
+            acc += _weighted_sum(pending, sampler.gather(values, prev_starts))
+            out[chunk] = acc / denom[..., None]
+            lse[chunk] = run_max + torch.log(denom)
+        ctx.save_for_backward(query, key, value, flow, out, lse)
+        ctx.window, ctx.scale, ctx.chunk_size = window, scale, chunk_size
+        return out.view(batch, height, width, heads, dim).permute(0, 3, 4, 1, 2)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output):  # noqa: D102
+        query, key, value, flow, out, lse = ctx.saved_tensors
+        window, scale = ctx.window, ctx.scale
+        batch, heads, dim, height, width = query.shape
+        sampler = _WindowSampler(flow, window, heads, dim)
+        keys, values = sampler.table(key), sampler.table(value)
+        queries = query.permute(0, 3, 4, 1, 2).reshape(-1, heads, dim) * scale
+        grad_out = grad_output.permute(0, 3, 4, 1, 2).reshape(-1, heads, dim)
+        grad_keys, grad_values = torch.zeros_like(keys), torch.zeros_like(values)
+        grad_queries = torch.empty_like(queries)
+        pixels = queries.shape[0]
+        for chunk in _chunks(sampler, pixels, heads * dim, query.device, ctx.chunk_size):
+            q, g = queries[chunk], grad_out[chunk]
+            fy, fx = sampler.frac_y[chunk, None, None], sampler.frac_x[chunk, None, None]
+            chunk_lse = lse[chunk][:, None]
+            delta = (g * out[chunk]).sum(-1)[:, None]  # [n, 1, h]
+            grad_q = torch.zeros_like(q)
+            pending_v = pending_s = torch.zeros(())
+            for row in range(window + 1):
+                starts = sampler.row_starts(chunk, row)
+                key_rows, value_rows = sampler.gather(keys, starts), sampler.gather(values, starts)
+                scores, grad_scores = _dot(key_rows, q), _dot(value_rows, g)
+                if row > 0:
+                    probs = torch.exp(_bilinear(prev_scores, scores, fy, fx) - chunk_lse)
+                    grad_logits = probs * (_bilinear(prev_grad_scores, grad_scores, fy, fx) - delta)
+                    split_v, split_s = _splat_columns(probs, fx), _splat_columns(grad_logits, fx)
+                    weights_v = pending_v + split_v * (1 - fy)  # grid row `row - 1` is complete
+                    weights_s = pending_s + split_s * (1 - fy)
+                    sampler.scatter_add(grad_values, prev_starts, weights_v[..., None] * g[:, None])
+                    sampler.scatter_add(grad_keys, prev_starts, weights_s[..., None] * q[:, None])
+                    grad_q += _weighted_sum(weights_s, prev_key_rows)
+                    pending_v, pending_s = split_v * fy, split_s * fy
+                prev_scores, prev_grad_scores = scores, grad_scores
+                prev_starts, prev_key_rows = starts, key_rows
+            sampler.scatter_add(grad_values, prev_starts, pending_v[..., None] * g[:, None])
+            sampler.scatter_add(grad_keys, prev_starts, pending_s[..., None] * q[:, None])
+            grad_q += _weighted_sum(pending_s, prev_key_rows)
+            grad_queries[chunk] = grad_q * scale
+        grad_query = grad_queries.view(batch, height, width, heads, dim).permute(0, 3, 4, 1, 2)
+        return grad_query, sampler.untable(grad_keys), sampler.untable(grad_values), None, None, None, None
