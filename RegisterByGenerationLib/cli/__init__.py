@@ -23,6 +23,7 @@ SUBCOMMANDS = {
     "phantom": "phantom",
     "run": "run",
     "models": "models",
+    "evaluate": "evaluate",
 }
 
 
