@@ -1,0 +1,645 @@
+"""3D Slicer module: a pseudo-CT aligned with an MR or CBCT, from the patient's own (misaligned) CT.
+
+Thin by design: this file converts between MRML nodes and files and shows progress. The
+work runs in a ``PythonSlicer`` child process (``python -m RegisterByGenerationLib run
+... --progress json``) driven by ``RegisterByGenerationLib.runner``, so the GUI stays
+responsive, Cancel stops the whole process tree, and torch is never loaded into Slicer.
+"""
+
+import enum
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+import qt
+import slicer
+import vtk
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.ScriptedLoadableModule import *  # noqa: F403 (the Slicer template's idiom)
+from slicer.util import VTKObservationMixin
+
+# Only the standard library is imported by these modules; torch & co. stay out of Slicer.
+from RegisterByGenerationLib import install
+from RegisterByGenerationLib.modelstore import list_models, user_models_dir
+from RegisterByGenerationLib.runner import RunProcess, build_run_command, library_environment, python_slicer_executable
+
+#
+# RegisterByGeneration
+#
+
+
+class RegisterByGeneration(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("Register by Generation")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Registration")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["RegisterByGeneration contributors"]
+        self.parent.helpText = _("""
+Generates a <b>pseudo-CT</b> on the grid of an MR or CBCT volume from a CT of the same patient that
+is not aligned with it, keeping the CT's own intensities and texture ("Register by Generation"),
+and segments the bones of the pseudo-CT. See the
+<a href="https://github.com/RegisterByGeneration/SlicerRegisterByGeneration/blob/main/docs/user-guide.md">user guide</a>.
+""")
+        self.parent.acknowledgementText = _("""
+Implements the methods of "Register by Generation" and "RegistFormer" (published research; no code of the
+reference implementations is used). Follows the 3D Slicer scripted-module template by Jean-Christophe
+Fillion-Robin (Kitware), Andras Lasso (PerkLab) and Steve Pieper (Isomics).
+""")
+
+
+#
+# Parameter node
+#
+
+
+class Modality(enum.Enum):
+    MR = "mr"
+    CBCT = "cbct"
+
+    def label(self):
+        return {"mr": "MR", "cbct": "CBCT"}[self.value]
+
+
+class Device(enum.Enum):
+    AUTO = "auto"
+    CUDA = "cuda"
+    CPU = "cpu"
+
+    def label(self):
+        return {"auto": _("Automatic (GPU if available)"), "cuda": _("GPU (CUDA)"), "cpu": _("CPU")}[self.value]
+
+
+class BoneMethod(enum.Enum):
+    AUTO = "auto"
+    TOTALSEGMENTATOR = "totalsegmentator"
+    THRESHOLD = "threshold"
+    NONE = "none"
+
+    def label(self):
+        return {"auto": _("Automatic"), "totalsegmentator": _("TotalSegmentator"), "threshold": _("HU threshold"), "none": _("None")}[self.value]
+
+
+@parameterNodeWrapper
+class RegisterByGenerationParameterNode:
+    """GUI state, saved with the scene. ``model`` "" means the default model of the modality."""
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    referenceVolume: vtkMRMLScalarVolumeNode
+    modality: Modality = Modality.MR
+    model: str = ""
+    device: Device = Device.AUTO
+    prealign: bool = True
+    boneMethod: BoneMethod = BoneMethod.AUTO
+    outputVolume: vtkMRMLScalarVolumeNode
+    outputSegmentation: vtkMRMLSegmentationNode
+
+
+#
+# Widget
+#
+
+
+class RegisterByGenerationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._modelListModality = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/RegisterByGeneration.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = RegisterByGenerationLogic()
+
+        self.ui.progressBar.hide()
+        self.ui.modelsFolderValueLabel.text = str(user_models_dir())
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.importModelButton.connect("clicked(bool)", self.onImportModelButton)
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelSelected)
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        if self.logic and self.logic.isRunning():
+            self.logic.cancel()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if firstVolumeNode:
+                self._parameterNode.inputVolume = firstVolumeNode
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            # Widgets with a "SlicerParameterName" property in the .ui are bound to the fields.
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self._checkCanApply()
+
+    def _checkCanApply(self, caller=None, event=None) -> None:
+        """Apply is enabled only when the inputs are valid; its tooltip says why not. While
+        a run is going on it is the Cancel button."""
+        if self.logic.isRunning():
+            self.ui.applyButton.text = _("Cancel")
+            self.ui.applyButton.toolTip = _("Stop the processing (the scene is left as it was)")
+            self.ui.applyButton.enabled = True
+            return
+        self.ui.applyButton.text = _("Apply")
+        if not self._parameterNode:
+            self.ui.applyButton.enabled = False
+            return
+        self._updateModelList()
+        p = self._parameterNode
+        reason = self.logic.validationError(p.inputVolume, p.referenceVolume, p.outputVolume)
+        self.ui.applyButton.enabled = reason is None
+        self.ui.applyButton.toolTip = reason or _("Generate the pseudo-CT (and the bone segmentation)")
+
+    def _updateModelList(self) -> None:
+        """Fill the model list with the installed models of the selected modality."""
+        modality = self._parameterNode.modality.value
+        wanted = self._parameterNode.model
+        if modality == self._modelListModality and self.ui.modelComboBox.currentData == wanted:
+            return
+        self._modelListModality = modality
+        combo = self.ui.modelComboBox
+        wasBlocked = combo.blockSignals(True)
+        combo.clear()
+        combo.addItem(_("Default for {modality}").format(modality=modality.upper()), "")
+        for info in list_models():
+            if info.modality == modality:
+                combo.addItem(f"{info.name} ({info.summary()['stage1'] or 'model'})", info.name)
+        index = max(0, combo.findData(wanted))
+        combo.setCurrentIndex(index)
+        combo.blockSignals(wasBlocked)
+        if combo.itemData(index) != wanted:
+            self._parameterNode.model = combo.itemData(index) or ""
+
+    def onModelSelected(self, index) -> None:
+        if self._parameterNode:
+            self._parameterNode.model = self.ui.modelComboBox.itemData(index) or ""
+
+    def onImportModelButton(self) -> None:
+        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), _("Select a model folder (with model.json)"))
+        if not folder:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not import the model folder."), waitCursor=True):
+            info = install.import_model_folder(folder)
+            self._modelListModality = None  # force a refresh
+            self._parameterNode.modality = Modality(info.modality)
+            self._parameterNode.model = info.name
+            self._checkCanApply()
+            slicer.util.infoDisplay(_("Model '{name}' installed in {path}.").format(name=info.name, path=info.path))
+
+    def onApplyButton(self) -> None:
+        if self.logic.isRunning():
+            self.ui.statusLabel.text = _("Cancelling...")
+            self.logic.cancel()
+            return
+        p = self._parameterNode
+        self.ui.logTextEdit.clear()
+        self.ui.progressBar.value = 0
+        self.ui.progressBar.show()
+        self.ui.statusLabel.text = _("Starting...")
+        started = False
+        with slicer.util.tryWithErrorDisplay(_("Failed to start the processing."), waitCursor=True):
+            self.logic.process(
+                p.inputVolume, p.referenceVolume, p.outputVolume, p.outputSegmentation,
+                modality=p.modality.value, model=p.model or None, device=p.device.value, prealign=p.prealign,
+                boneMethod=p.boneMethod.value, waitForCompletion=False,
+                progressCallback=self.onProgress, logCallback=self.onLog, completedCallback=self.onCompleted)
+            started = True
+        if not started:
+            self.ui.progressBar.hide()
+            self.ui.statusLabel.text = _("Not started.")
+        self._checkCanApply()
+
+    def onProgress(self, fraction, stage, message) -> None:
+        self.ui.progressBar.value = int(round(fraction * 1000))
+        self.ui.statusLabel.text = f"{stage}: {message}" if message else stage
+
+    def onLog(self, line) -> None:
+        self.ui.logTextEdit.appendPlainText(line)
+
+    def onCompleted(self, result) -> None:
+        self.ui.progressBar.hide()
+        if result.success:
+            self._parameterNode.outputVolume = result.outputVolume
+            if result.boneSegmentation:
+                self._parameterNode.outputSegmentation = result.boneSegmentation
+            self.ui.statusLabel.text = _("Done in {seconds:.0f} s on {device}.").format(seconds=result.seconds, device=result.device)
+        elif result.cancelled:
+            self.ui.statusLabel.text = _("Cancelled; the scene was not changed.")
+        else:
+            self.ui.statusLabel.text = _("Failed: {message}").format(message=result.errorMessage)
+            slicer.util.errorDisplay(_("Pseudo-CT generation failed: {message}").format(message=result.errorMessage), detailedText="\n".join(result.log[-200:]))
+        self._checkCanApply()
+
+
+#
+# Logic
+#
+
+
+class RegisterByGenerationResult:
+    """What a run produced. ``report`` is the run's report.json (or None); ``log`` its text lines."""
+
+    def __init__(self):
+        self.success = False
+        self.cancelled = False
+        self.errorMessage = ""
+        self.outputVolume = None
+        self.boneSegmentation = None
+        self.report = None
+        self.device = ""
+        self.seconds = 0.0
+        self.log = []
+
+
+class RegisterByGenerationLogic(ScriptedLoadableModuleLogic):
+    """Usable without the GUI (Python console, ``--python-script``); see ``process``."""
+
+    POLL_INTERVAL_MS = 200
+    GEOMETRY_TOLERANCE_MM = 1e-3
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.keepTemporaryFiles = False  # set True to inspect the exchanged files after a run
+        self._task = None
+        self._timer = None
+
+    def getParameterNode(self):
+        return RegisterByGenerationParameterNode(super().getParameterNode())
+
+    def isRunning(self) -> bool:
+        return self._task is not None
+
+    def cancel(self) -> None:
+        """Stop the running process tree; the completion callback then reports a cancel."""
+        if self._task is not None:
+            self._task["process"].cancel()
+
+    @staticmethod
+    def validationError(inputVolume, referenceVolume, outputVolume=None):
+        """Why these nodes cannot be processed, in one sentence; None when they can."""
+        if not inputVolume or not inputVolume.GetImageData():
+            return _("Select an input volume (MR or CBCT).")
+        if not referenceVolume or not referenceVolume.GetImageData():
+            return _("Select a reference CT volume.")
+        if inputVolume.GetID() == referenceVolume.GetID():
+            return _("The input and the reference CT must be different volumes.")
+        if outputVolume and outputVolume.GetID() in (inputVolume.GetID(), referenceVolume.GetID()):
+            return _("The pseudo-CT output must not overwrite an input; choose 'Create new volume'.")
+        for node in (inputVolume, referenceVolume):
+            if min(node.GetImageData().GetDimensions()) < 2:
+                return _("{name} is not a 3D volume (a side has a single voxel).").format(name=node.GetName())
+            transform = node.GetParentTransformNode()
+            if transform and not transform.IsTransformToWorldLinear():
+                return _("{name} is under a non-linear transform; harden it first (Data module).").format(name=node.GetName())
+        return None
+
+    def process(self, inputVolume, referenceVolume, outputVolume=None, boneSegmentation=None, modality="MR", model=None, device="auto",
+                prealign=True, boneMethod="auto", waitForCompletion=True, progressCallback=None, logCallback=None, completedCallback=None):
+        """Generate the pseudo-CT of ``inputVolume`` with the texture of ``referenceVolume``.
+
+        :param outputVolume: receives the pseudo-CT (HU, exactly the input's geometry); None creates "<input> pseudo-CT".
+        :param boneSegmentation: receives one segment per bone; None creates "<input> bones" (unless boneMethod is "none").
+        :param modality: "MR" or "CBCT". :param model: installed model name or folder; None for the default.
+        :param device: "auto", "cuda", "cuda:N" or "cpu". :param boneMethod: "auto", "totalsegmentator", "threshold" or "none".
+        :param waitForCompletion: True blocks until done and returns a RegisterByGenerationResult (raises RuntimeError
+            with one line on failure); False returns None at once and calls completedCallback(result) later.
+        :param progressCallback: called as (fraction, stage, message). :param logCallback: called with each log line.
+
+        Nothing in the scene changes unless the run succeeds.
+        """
+        reason = self.validationError(inputVolume, referenceVolume, outputVolume)
+        if reason:
+            raise ValueError(reason)
+        modality, device, boneMethod = _choice(modality, Modality), str(device), _choice(boneMethod, BoneMethod)
+        if self.isRunning():
+            raise RuntimeError(_("A pseudo-CT generation is already running; cancel it or wait for it."))
+        self.setupPythonRequirements()
+        tempDir = tempfile.mkdtemp(prefix="RegisterByGeneration-", dir=slicer.app.temporaryPath)
+        try:
+            paths = {"input": os.path.join(tempDir, "input.nrrd"), "reference": os.path.join(tempDir, "reference.nrrd")}
+            for node, path in ((inputVolume, paths["input"]), (referenceVolume, paths["reference"])):
+                # exportNode leaves the node's storage node alone; world=True applies linear parent transforms.
+                if not slicer.util.exportNode(node, path, {}, world=True):
+                    raise RuntimeError(_("Could not write {name} to the temporary folder {folder}.").format(name=node.GetName(), folder=tempDir))
+            argv = build_run_command(python_slicer_executable(slicer.app.slicerHome), paths["input"], paths["reference"], os.path.join(tempDir, "output"),
+                                     modality=modality, model=model, device=device, prealign=prealign, bones=boneMethod)
+            logging.info("RegisterByGeneration: %s", " ".join(argv))
+            process = RunProcess(argv, env=library_environment()).start()
+        except Exception:
+            shutil.rmtree(tempDir, ignore_errors=True)
+            raise
+        task = self._task = dict(process=process, tempDir=tempDir, inputVolume=inputVolume, outputVolume=outputVolume,
+                                 boneSegmentation=boneSegmentation, wantBones=boneMethod != "none", progressCallback=progressCallback,
+                                 logCallback=logCallback, completedCallback=completedCallback, result=None)
+        if not waitForCompletion:
+            self._timer = qt.QTimer()
+            self._timer.setInterval(self.POLL_INTERVAL_MS)
+            self._timer.connect("timeout()", self._poll)
+            self._timer.start()
+            return None
+        while task["result"] is None:
+            self._poll()
+            slicer.app.processEvents()  # keeps a GUI painting (and a Cancel button working) while blocked
+            time.sleep(0.05)
+        if not task["result"].success:
+            raise RuntimeError(task["result"].errorMessage)
+        return task["result"]
+
+    def _poll(self) -> None:
+        """Drain the child's events (never blocks); finish the run on its exit event."""
+        task = self._task
+        if task is None:
+            return
+        for event in task["process"].poll():
+            try:
+                if event.kind == "progress" and task["progressCallback"]:
+                    task["progressCallback"](event.fraction, event.stage, event.message)
+                elif event.kind == "log":
+                    logging.debug("RegisterByGeneration: %s", event.message)
+                    if task["logCallback"]:
+                        task["logCallback"](event.message)
+            except Exception:  # a failing callback must not lose the exit event
+                logging.exception("RegisterByGeneration: progress/log callback failed")
+            if event.kind == "exit":
+                self._finish(task)
+
+    def _finish(self, task) -> None:
+        if self._timer is not None:
+            self._timer.stop()
+            self._timer = None
+        self._task = None
+        process, result = task["process"], RegisterByGenerationResult()
+        result.seconds, result.log = process.elapsed_s, process.log_lines
+        try:
+            if process.returncode == 0:
+                self._loadResults(task, process, result)
+                result.success = True
+            else:
+                result.cancelled = process.cancelled
+                result.errorMessage = process.error_message or _("the processing failed")
+        except Exception as error:  # loading failed: report it; the scene was not changed
+            logging.exception("RegisterByGeneration: loading the results failed")
+            result.errorMessage = _("Could not load the results: {error}").format(error=error)
+        finally:
+            if self.keepTemporaryFiles:
+                logging.info("RegisterByGeneration: temporary files kept in %s", task["tempDir"])
+            else:
+                shutil.rmtree(task["tempDir"], ignore_errors=True)
+        task["result"] = result
+        if task["completedCallback"]:
+            task["completedCallback"](result)
+
+    def _loadResults(self, task, process, result) -> None:
+        """Load the pseudo-CT (and bones) into temporary nodes, check them, then commit to the scene."""
+        outputs, inputVolume = process.outputs(), task["inputVolume"]
+        if "pseudo_ct" not in outputs:
+            raise RuntimeError(_("the processing ended without writing a pseudo-CT"))
+        summary = process.result or {}
+        result.device = summary.get("device", "")
+        reportPath = _outputFile(outputs, process.output_dir, "report.json")
+        if reportPath:
+            with open(reportPath, encoding="utf-8") as stream:
+                result.report = json.load(stream)
+        loadedVolume = slicer.util.loadVolume(str(outputs["pseudo_ct"]), {"show": False, "singleFile": True})
+        loadedBones = None
+        try:
+            inputGeometry = worldGeometry(inputVolume)
+            if not sameGeometry(worldGeometry(loadedVolume), inputGeometry, self.GEOMETRY_TOLERANCE_MM):
+                raise RuntimeError(_("the pseudo-CT's geometry differs from the input's"))
+            bonesPath = _outputFile(outputs, process.output_dir, "bones.seg.nrrd")
+            if task["wantBones"] and bonesPath:
+                loadedBones = slicer.util.loadSegmentation(str(bonesPath))
+            # Everything is loaded and checked: from here on the scene is changed.
+            outputVolume = task["outputVolume"] or slicer.mrmlScene.AddNewNodeByClass(
+                "vtkMRMLScalarVolumeNode", slicer.mrmlScene.GenerateUniqueName(f"{inputVolume.GetName()} pseudo-CT"))
+            outputVolume.SetAndObserveTransformNodeID(None)
+            outputVolume.SetIJKToRASMatrix(inputGeometry[1])  # exactly the input's (world) geometry
+            outputVolume.SetAndObserveImageData(loadedVolume.GetImageData())
+            outputVolume.CreateDefaultDisplayNodes()
+            displayNode = outputVolume.GetDisplayNode()
+            displayNode.SetAndObserveColorNodeID("vtkMRMLColorTableNodeGrey")
+            displayNode.SetAutoWindowLevel(False)
+            displayNode.SetWindowLevel(400, 40)  # soft-tissue CT window
+            result.outputVolume = outputVolume
+            if loadedBones is not None:
+                target = task["boneSegmentation"]
+                if target is None:
+                    loadedBones.SetName(slicer.mrmlScene.GenerateUniqueName(f"{inputVolume.GetName()} bones"))
+                    target, loadedBones = loadedBones, None
+                else:
+                    target.GetSegmentation().DeepCopy(loadedBones.GetSegmentation())  # names, colours, terminology tags
+                    target.CreateDefaultDisplayNodes()
+                target.SetReferenceImageGeometryParameterFromVolumeNode(outputVolume)
+                result.boneSegmentation = target
+            if slicer.app.layoutManager():  # none when headless
+                slicer.util.setSliceViewerLayers(background=outputVolume, foreground=inputVolume, foregroundOpacity=0.5, fit=True)
+        finally:
+            _removeNodes(loadedVolume, loadedBones)
+
+    def setupPythonRequirements(self) -> None:
+        """Install what the child process needs, on first use: torch through the PyTorch
+        extension (it picks the build for the GPU driver), the rest pinned with pip, never
+        replacing Slicer's NumPy or SimpleITK. Raises RuntimeError with one line on failure."""
+        torchOk, torchStatus = install.torch_is_usable()
+        missing = install.missing_requirements()
+        if torchOk and not missing:
+            return
+        if slicer.app.testingEnabled():
+            raise RuntimeError(_("Python packages are missing ({what}); open the module once outside testing mode to install them.").format(
+                what=", ".join(missing + ([] if torchOk else ["torch"]))))
+        what = ([] if torchOk else [_("PyTorch ({status})").format(status=torchStatus)]) + missing
+        if not _confirm(_("Register by Generation needs these Python packages: {what}. Install them now? This needs a network connection "
+                          "and may take several minutes (PyTorch with CUDA is about 2-3 GB).").format(what=", ".join(what))):
+            raise RuntimeError(_("The required Python packages were not installed."))
+        if not torchOk:
+            try:
+                import PyTorchUtils
+            except ModuleNotFoundError:
+                raise RuntimeError(_("This module needs the PyTorch extension: install it with the Extensions Manager, restart Slicer, and try again."))
+            torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False, torchVersionRequirement=f">={install.TORCH_MINIMUM_VERSION}")
+            if torch is None:
+                raise RuntimeError(_("PyTorch could not be installed; use the 'PyTorch Utils' module to install it, then try again."))
+        if missing:
+            loadedBefore = [r.split("==")[0] for r in missing if r.split("==")[0] in sys.modules]
+            constraints = os.path.join(tempfile.mkdtemp(prefix="RegisterByGeneration-pip-", dir=slicer.app.temporaryPath), "constraints.txt")
+            with open(constraints, "w", encoding="utf-8") as stream:
+                stream.write("\n".join(install.protection_constraints()) + "\n")
+            try:
+                slicer.util.pip_install(["-c", constraints, *missing])
+            except Exception as error:
+                raise RuntimeError(_("Installing {what} failed ({error}); see the Python console for pip's output.").format(what=", ".join(missing), error=error))
+            finally:
+                shutil.rmtree(os.path.dirname(constraints), ignore_errors=True)
+            if loadedBefore and _confirm(_("Updated {names}, which were already loaded in Slicer. The processing runs in a separate process and is "
+                                           "not affected, but other modules may need a restart. Restart Slicer now?").format(names=", ".join(loadedBefore)), default=False):
+                slicer.util.restart()
+
+
+def _choice(value, enumType):
+    """The string value of an enum member or of a case-insensitive string naming one."""
+    if isinstance(value, enumType):
+        return value.value
+    for member in enumType:
+        if str(value).lower() == member.value:
+            return member.value
+    raise ValueError(f"{enumType.__name__.lower()} must be one of {', '.join(m.value for m in enumType)}, got {value!r}")
+
+
+def _outputFile(outputs, outputDir, fileName):
+    """Path of an output file of the run by its file name (None when it was not written)."""
+    for path in outputs.values():
+        if os.path.basename(str(path)) == fileName and os.path.isfile(path):
+            return str(path)
+    candidate = os.path.join(str(outputDir), fileName)
+    return candidate if os.path.isfile(candidate) else None
+
+
+def _confirm(text, default=True):
+    """Ask OK/Cancel in the GUI; without a main window (headless) log it and return ``default``."""
+    if slicer.util.mainWindow() is None:
+        logging.warning("RegisterByGeneration: %s (no main window: answered %s)", text, "yes" if default else "no")
+        return default
+    return slicer.util.confirmOkCancelDisplay(text, windowTitle=_("Register by Generation"))
+
+
+def worldGeometry(volumeNode):
+    """(dimensions, IJK-to-world-RAS vtkMatrix4x4) of a volume, applying a linear parent transform."""
+    ijkToRas = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(ijkToRas)
+    transform = volumeNode.GetParentTransformNode()
+    if transform:
+        toWorld = vtk.vtkMatrix4x4()
+        transform.GetMatrixTransformToWorld(toWorld)
+        vtk.vtkMatrix4x4.Multiply4x4(toWorld, ijkToRas, ijkToRas)
+    return tuple(volumeNode.GetImageData().GetDimensions()), ijkToRas
+
+
+def sameGeometry(a, b, toleranceMm=1e-3):
+    """True when two ``worldGeometry`` results have equal dimensions and matrices within the tolerance."""
+    if a[0] != b[0]:
+        return False
+    return all(abs(a[1].GetElement(i, j) - b[1].GetElement(i, j)) <= toleranceMm for i in range(3) for j in range(4))
+
+
+def _removeNodes(*nodes):
+    """Remove nodes with their display and storage nodes (RemoveNode alone leaves those behind)."""
+    for node in nodes:
+        if node is None or node.GetScene() is None:
+            continue
+        helpers = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())] + [node.GetStorageNode()]
+        slicer.mrmlScene.RemoveNode(node)
+        for helper in helpers:
+            if helper is not None and helper.GetScene() is not None:
+                slicer.mrmlScene.RemoveNode(helper)
+
+
+#
+# Test
+#
+
+
+class RegisterByGenerationTest(ScriptedLoadableModuleTest):
+    """Runs inside Slicer: ``Slicer --testing`` (see docs/user-guide.md) or Developer mode's "Reload and Test"."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        import unittest
+
+        for test in (self.test_InvalidInputsLeaveSceneUnchanged, self.test_PhantomPseudoCT):
+            self.setUp()
+            try:
+                test()
+            except unittest.SkipTest as reason:
+                self.delayDisplay(f"Skipped {test.__name__}: {reason}")
+
+    def _phantom(self):
+        """A small MR + reference CT phantom made by the library's generator (no download)."""
+        import subprocess
+
+        folder = tempfile.mkdtemp(prefix="RegisterByGenerationTest-", dir=slicer.app.temporaryPath)
+        try:
+            argv = [python_slicer_executable(slicer.app.slicerHome), "-m", "RegisterByGenerationLib", "phantom", "-o", folder,
+                    "--cases", "1", "--seed", "1", "--modality", "mr", "--size", "64", "48", "12"]
+            completed = subprocess.run(argv, env=library_environment(), capture_output=True, text=True)
+            self.assertEqual(completed.returncode, 0, completed.stderr)
+            caseDir = next(os.path.join(folder, name) for name in sorted(os.listdir(folder)) if os.path.isdir(os.path.join(folder, name)))
+            return (slicer.util.loadVolume(os.path.join(caseDir, "mr.nii.gz")), slicer.util.loadVolume(os.path.join(caseDir, "ct.nii.gz")))
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def test_InvalidInputsLeaveSceneUnchanged(self):
+        logic = RegisterByGenerationLogic()
+        volume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
+        before = slicer.mrmlScene.GetNumberOfNodes()
+        with self.assertRaises(ValueError):
+            logic.process(volume, None)
+        with self.assertRaises(ValueError):
+            logic.process(volume, volume)
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), before)
+
+    def test_PhantomPseudoCT(self):
+        import unittest
+
+        ok, status = install.torch_is_usable()
+        if not ok or install.missing_requirements():
+            raise unittest.SkipTest(f"dependencies not installed ({status}); open the module once and click Apply to install them")
+        if not any(info.modality == "mr" for info in list_models()):
+            raise unittest.SkipTest(f"no MR model installed (bundled or in {user_models_dir()})")
+        self.delayDisplay("Generating a phantom")
+        inputVolume, referenceVolume = self._phantom()
+        self.delayDisplay("Running on the CPU")
+        result = RegisterByGenerationLogic().process(inputVolume, referenceVolume, modality="MR", device="cpu", boneMethod="threshold")
+        self.assertTrue(sameGeometry(worldGeometry(result.outputVolume), worldGeometry(inputVolume), 1e-6))
+        low, high = result.outputVolume.GetImageData().GetScalarRange()
+        self.assertGreaterEqual(low, -1100)
+        self.assertLessEqual(high, 3100)
+        self.assertGreater(high - low, 500, "pseudo-CT has no contrast between air and tissue")
+        segmentation = result.boneSegmentation.GetSegmentation()
+        from RegisterByGenerationLib.bone_labels import BONE_LABELS
+
+        names = {segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())}
+        self.assertTrue(names, "no bone segments")
+        self.assertLessEqual(names, set(BONE_LABELS.values()))
+        self.delayDisplay("Test passed")
