@@ -176,7 +176,7 @@ class Stage2Config:
         object.__setattr__(
             self, "unet_channels", _positive_ints("Stage2Config", "unet_channels", self.unet_channels, 3)
         )
-        windows = _positive_ints("Stage2Config", "windows", self.windows, 3)
+        windows = _positive_ints("Stage2Config", "windows", self.windows, 1)
         if len(windows) != 3:
             raise ValueError(f"Stage2Config.windows must have 3 entries (H/4, H/2, H), got {windows!r}")
         object.__setattr__(self, "windows", windows)
