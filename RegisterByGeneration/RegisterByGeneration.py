@@ -601,7 +601,7 @@ class RegisterByGenerationTest(ScriptedLoadableModuleTest):
         folder = tempfile.mkdtemp(prefix="RegisterByGenerationTest-", dir=slicer.app.temporaryPath)
         try:
             argv = [python_slicer_executable(slicer.app.slicerHome), "-m", "RegisterByGenerationLib", "phantom", "-o", folder,
-                    "--cases", "1", "--seed", "1", "--modality", "mr", "--size", "64", "48", "12"]
+                    "--cases", "1", "--seed", "1", "--modality", "mr", "--size", "64", "48", "16"]
             completed = subprocess.run(argv, env=library_environment(), capture_output=True, text=True)
             self.assertEqual(completed.returncode, 0, completed.stderr)
             caseDir = next(os.path.join(folder, name) for name in sorted(os.listdir(folder)) if os.path.isdir(os.path.join(folder, name)))

@@ -419,8 +419,9 @@ class RunProcess:
 
         First an interrupt to the process group (POSIX), so ``rbg`` stops the way
         Ctrl-C stops it and removes its staging files; then psutil terminates the
-        descendants and the child (children first, so none is re-parented and
-        forgotten), and kills whatever is still alive. Partial outputs of this run are
+        descendants, then the child (children first, so none is re-parented and
+        forgotten), and kills whatever is still alive; on POSIX a last SIGKILL to the
+        process group catches late-born descendants. Partial outputs of this run are
         removed from ``output_dir`` once the exit has been read (:meth:`poll`/:meth:`wait`).
         """
         if self._process is None or self._process.poll() is not None:
@@ -434,12 +435,23 @@ class RunProcess:
                 self._process.wait(timeout=min(2.0, timeout / 2))
             except (ProcessLookupError, PermissionError, subprocess.TimeoutExpired):
                 pass
-        _terminate(descendants, self._process.pid if self._process.poll() is None else None, deadline)
-        try:
-            self._process.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+        # Children first, so none is re-parented and forgotten, with half the time left.
+        _terminate(descendants, time.monotonic() + (deadline - time.monotonic()) / 2)
+        # The child itself through Popen: psutil's wait() would reap it and lose its status.
+        if self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        if sys.platform != "win32":
+            # Sweep the process group: descendants started after the snapshot above, or
+            # all of them when psutil is missing.
+            try:
+                os.killpg(self._process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
 
     # -- results ------------------------------------------------------------------
 
@@ -510,24 +522,12 @@ def _descendants(pid: int) -> list:
         return []
 
 
-def _terminate(descendants: list, pid: int | None, deadline: float) -> None:
-    """Terminate the descendants, then ``pid`` (SIGTERM / TerminateProcess); kill what
-    is still alive at ``deadline``. ``pid`` None: the child is gone, only descendants."""
-    try:
-        import psutil
-    except ImportError:  # psutil is a dependency; without it, signal the process group
-        if sys.platform != "win32" and pid is not None:
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+def _terminate(processes: list, deadline: float) -> None:
+    """Terminate (SIGTERM / TerminateProcess) psutil ``processes``; kill those alive at ``deadline``."""
+    if not processes:
         return
-    processes = list(descendants)
-    if pid is not None:
-        try:
-            processes.append(psutil.Process(pid))
-        except psutil.NoSuchProcess:
-            pass
+    import psutil
+
     for process in processes:
         try:
             process.terminate()
