@@ -8,15 +8,16 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from RegisterByGenerationLib.bone_labels import BONE_COLORS, BONE_LABELS, label_of
 from RegisterByGenerationLib.cli import main
 from RegisterByGenerationLib.errors import InputError
 from RegisterByGenerationLib.io import read_image, same_geometry
 from RegisterByGenerationLib.phantoms import PHANTOM_VERSION, case_id, generate_case, write_phantom_dataset
-from RegisterByGenerationLib.phantoms import anatomy, dataset
+from RegisterByGenerationLib.phantoms import anatomy, dataset, shapes
 from RegisterByGenerationLib.phantoms.contrast import sample_tissues
-from RegisterByGenerationLib.phantoms.deformation import Misalignment
+from RegisterByGenerationLib.phantoms.deformation import Misalignment, sample_misalignment
 from RegisterByGenerationLib.phantoms.render import NoiseField, render, tile_order
 
 SIZE = (96, 72, 20)
@@ -215,6 +216,79 @@ def test_truth_records_organ_changes_and_version(mr_case):
     assert bladder["change_ml"] == pytest.approx(bladder["volume_ml_input"] - bladder["volume_ml_reference"])
     assert {"pockets_input", "pockets_reference", "change_ml"} <= set(truth["rectal_gas"])
     json.dumps(truth)  # JSON-ready
+
+
+# ------------------------------------------------------------------- shapes, deformation
+
+
+def _random_points(rng, lo, hi, n=20000):
+    return (rng.uniform(lo, hi, (n, 3)).astype(np.float32)).T
+
+
+def test_sphere_and_capsule_distances_are_exact():
+    rng = np.random.default_rng(0)
+    x, y, z = _random_points(rng, -40, 40)
+    sphere = shapes.Ellipsoid((1, 2, 3), (10, 10, 10))
+    exact = np.sqrt((x - 1) ** 2 + (y - 2) ** 2 + (z - 3) ** 2) - 10
+    assert np.allclose(sphere(x, y, z), exact, atol=1e-3)
+    capsule = shapes.Capsule((0, 0, -10), (0, 0, 10), 5)
+    exact = np.sqrt(x**2 + y**2 + np.maximum(np.abs(z) - 10, 0) ** 2) - 5
+    assert np.allclose(capsule(x, y, z), exact, atol=1e-3)
+    # A first-order ellipsoid distance outside never exceeds the true distance (convex
+    # norm), and it is close to it near the surface.
+    radii = np.array([30.0, 10, 20])
+    ellipsoid = shapes.Ellipsoid((0, 0, 0), radii)
+    theta, phi = np.meshgrid(np.linspace(0, np.pi, 400), np.linspace(0, 2 * np.pi, 800), indexing="ij")
+    surface = np.stack([np.sin(theta) * np.cos(phi), np.sin(theta) * np.sin(phi), np.cos(theta)], -1).reshape(-1, 3) * radii
+    probes = np.stack([x, y, z], 1)[:2000]
+    true = cKDTree(surface).query(probes)[0]
+    estimate = ellipsoid(*probes.T)
+    outside = estimate > 0
+    assert np.all(estimate[outside] <= true[outside] + 0.2)
+    near = np.abs(estimate) < 2
+    assert np.allclose(np.abs(estimate[near]), true[near], atol=0.3)
+
+
+def test_shape_boxes_hold_every_inside_point():
+    rng = np.random.default_rng(1)
+    layers = anatomy.build_layers(anatomy.sample_patient(rng), anatomy.sample_state(rng))
+    points = np.stack(_random_points(rng, (-200, -160, -90), (200, 170, 150), 60000), 1)
+    for layer in layers:
+        inside = points[layer.shape(*points.T) < 0]
+        boxes = layer.shape.boxes
+        covered = np.all((inside[:, None] >= boxes[None, :, 0]) & (inside[:, None] <= boxes[None, :, 1]), axis=2).any(axis=1)
+        assert covered.all(), layer.name
+
+
+def test_mirror_and_joint_gap():
+    ball = shapes.Ellipsoid((30, 0, 0), (10, 10, 10))
+    mirrored = shapes.Mirror(ball)
+    assert mirrored(np.float32([-30]), np.float32([0]), np.float32([0]))[0] == pytest.approx(-10)
+    block = shapes.Ellipsoid((30, 0, 0), (20, 20, 20))
+    socket = shapes.Subtract(block, ball, gap=2.5)
+    # Points in the joint space (within 2.5 mm of the ball) are outside the block.
+    assert socket(np.float32([41.0]), np.float32([0]), np.float32([0]))[0] > 0
+    assert socket(np.float32([44.0]), np.float32([0]), np.float32([0]))[0] < 0
+
+
+def test_misalignment_sizes_and_invertibility():
+    rng = np.random.default_rng(9)
+    m = sample_misalignment(rng, np.zeros(3), np.array([-100, -80, -40]), np.array([100, 90, 100]))
+    assert 2 <= m.rotation_angle_deg() <= 5 + 1e-6 and 3 <= np.linalg.norm(m.translation) <= 10
+    x, y, z = _random_points(rng, (-100, -80, -40), (100, 90, 100), 5000)
+    d = np.sqrt(sum(c.astype(float) ** 2 for c in m.displacement(x, y, z)))
+    assert d.max() <= m.max_deformation_mm + 1e-3 and m.max_deformation_mm <= 10
+    # D = identity + displacement has a positive Jacobian determinant everywhere (no folding).
+    h = np.float32(0.5)
+    columns = []
+    for axis in range(3):
+        step = [np.zeros_like(x) for _ in range(3)]
+        step[axis] += h
+        plus = m.displacement(x + step[0], y + step[1], z + step[2])
+        minus = m.displacement(x - step[0], y - step[1], z - step[2])
+        columns.append(np.stack([(p - q) / (2 * h) for p, q in zip(plus, minus, strict=True)], -1))
+    jacobian = np.eye(3) + np.stack(columns, -1)
+    assert np.linalg.det(jacobian).min() > 0.1
 
 
 # ------------------------------------------------------------------------- rendering

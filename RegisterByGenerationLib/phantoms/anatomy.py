@@ -266,15 +266,15 @@ def _muscles(fr: _Frame, patient: Patient, inner: Contour) -> list[tuple[str, Sh
         "quadratus_femoris": tube([(-90, 90, 46, 22, 10, -20), (-28, 94, 42, 22, 9, -20)]),
         "levator_ani": fr.arc([(-50, 0, 14, 30, 30, 15, 165, 6, 6, 6, 0), (-12, 0, 10, 42, 40, 5, 175, 7, 7, 7, 0)]),
     }
-    # The anterior abdominal wall follows the inner outline.
+    # The abdominal wall muscles follow the inner outline (its keys are in patient mm).
     keys = inner.keys
-    zs = np.array([-20.0, 20, 60, 100, 140])
-    front = np.interp(zs, keys[:, 0], keys[:, 3])
-    half = np.interp(zs, keys[:, 0], keys[:, 2])
-    left["rectus_abdominis"] = fr.tube([(z / fr.f[2], 8 + 0.12 * zz, -(fy - 7) / fr.f[1], 10 + 0.15 * zz, 6.5)
-                                         for z, zz, fy in zip(zs, np.clip(zs + 20, 0, None), front, strict=True)])
-    left["obliques"] = Arc([(z, 0, 0, h - 9, fy - 9, -70, 15, 8, 13, 10, 0) for z, h, fy in zip(zs[2:] + 0 * zs[2:], half[2:], front[2:], strict=True)][:1]
-                           + [(z, 0, 0, h - 9, fy - 9, -70, 15, 8, 13, 10, 0) for z, h, fy in zip(zs[3:], half[3:], front[3:], strict=True)])
+    zs = np.array([-20.0, 20, 60, 100, 140]) * fr.f[2]
+    front, half = np.interp(zs, keys[:, 0], keys[:, 3]), np.interp(zs, keys[:, 0], keys[:, 2])
+    widen = np.clip(zs / fr.f[2] + 20, 0, None)  # the rectus sheath widens upwards
+    left["rectus_abdominis"] = SweptEllipse([
+        (z, (8 + 0.12 * w) * fr.f[0], -(fy - 7), (10 + 0.15 * w) * fr.f[0], 6.5) for z, w, fy in zip(zs, widen, front, strict=True)
+    ])
+    left["obliques"] = Arc([(z, 0, 0, h - 9, fy - 9, -70, 15, 8, 13, 10, 0) for z, h, fy in zip(zs[2:], half[2:], front[2:], strict=True)])
     out = []
     for name, shape in left.items():
         if name == "levator_ani":

@@ -183,11 +183,59 @@ def _sample_grids(rng, patient: anat.Patient, size, oblique: bool, table: np.nda
     return grid_in, grid_ref
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """Everything a seed decides before any image is rendered."""
+
+    patient: anat.Patient
+    state_in: anat.OrganState
+    state_ref: anat.OrganState
+    tissues: dict
+    table: np.ndarray  # physical position of the anatomy origin (mm)
+    grid_in: Grid
+    grid_ref: Grid
+    misalignment: Misalignment
+    ct_noise_hu: float
+    coarse: NoiseField
+    fine: NoiseField
+
+
+def _plan(seed: int, size: tuple[int, int, int], oblique: bool) -> _Plan:
+    rng = np.random.default_rng(seed)
+    patient = anat.sample_patient(rng)
+    state_in, state_ref = anat.sample_state(rng), anat.sample_state(rng)
+    tissues = sample_tissues(rng)
+    table = np.array([rng.uniform(-25, 25), rng.uniform(-40, 40), rng.uniform(-250, 50)])
+    grid_in, grid_ref = _sample_grids(rng, patient, size, oblique, table)
+    f = np.asarray(patient.scale)
+    misalignment = sample_misalignment(
+        rng, table + np.array([0.0, 10.0, 30.0]) * f, table + np.array([-110, -80, -40]) * f, table + np.array([110, 90, 100]) * f
+    )
+    ct_noise_hu = float(rng.uniform(10, 20))
+    # Texture fields over the body (anatomy space); beyond, they repeat their border (air there).
+    coarse = NoiseField(rng, (-210.0, -170, -70), (210.0, 180, 140), 6.0, smooth=1.0)
+    fine = NoiseField(rng, (-210.0, -170, -70), (210.0, 180, 140), 2.0, smooth=0.7)
+    return _Plan(patient, state_in, state_ref, tissues, table, grid_in, grid_ref, misalignment, ct_noise_hu, coarse, fine)
+
+
+def _scan(plan: _Plan, grid: Grid, state: anat.OrganState, channels: tuple[str, ...], moved: bool):
+    """Render the anatomy in ``state`` at ``grid``'s points (through the misalignment when ``moved``)."""
+    order = tile_order(grid.size[::-1])
+    points = tuple(p[order] for p in grid.points())
+    if moved:
+        points = plan.misalignment(*points)
+    x, y, z = (p - np.float32(t) for p, t in zip(points, plan.table, strict=True))
+    seen = render(anat.build_layers(plan.patient, state), x, y, z, tissues=plan.tissues, coarse=plan.coarse,
+                  fine=plan.fine, blur_mm=float(np.mean(grid.spacing[:2])), channels=channels)
+    return seen.unpermuted(order)
+
+
 def generate_case(seed: int, modality: str, size: Sequence[int] = DEFAULT_SIZE, oblique: bool = False) -> PhantomCase:
     """Generate one phantom case.
 
     Args:
-        seed: non-negative integer; it fixes everything (anatomy, scans, noise).
+        seed: non-negative integer; it fixes everything (anatomy, scans, noise). The MR
+            and CBCT cases of one seed show the same patient, reference CT and truth.
         modality: ``"mr"`` (T1-weighted MR input) or ``"cbct"``.
         size: input grid size (x, y, z) in voxels, each >= 16; the spacing follows
             from the patient's size so the body always fits.
@@ -202,71 +250,40 @@ def generate_case(seed: int, modality: str, size: Sequence[int] = DEFAULT_SIZE, 
     seed = _check_seed(seed)
     _check_modality(modality)
     size = _check_size(size)
-    rng = np.random.default_rng(seed)
-    # Draw every parameter first, in a fixed order; the noise generators are separate streams.
-    patient = anat.sample_patient(rng)
-    state_in, state_ref = anat.sample_state(rng), anat.sample_state(rng)
-    tissues = sample_tissues(rng)
-    table = np.array([rng.uniform(-25, 25), rng.uniform(-40, 40), rng.uniform(-250, 50)])
-    grid_in, grid_ref = _sample_grids(rng, patient, size, oblique, table)
-    f = np.asarray(patient.scale)
-    misalignment = sample_misalignment(
-        rng, table + np.array([0.0, 10.0, 30.0]) * f, table + np.array([-110, -80, -40]) * f, table + np.array([110, 90, 100]) * f
-    )
-    ct_noise_hu = float(rng.uniform(10, 20))
-    # Texture fields over the body (anatomy space); beyond, they repeat their border (air there).
-    coarse = NoiseField(rng, (-210.0, -170, -70), (210.0, 180, 140), 6.0, smooth=1.0)
-    fine = NoiseField(rng, (-210.0, -170, -70), (210.0, 180, 140), 2.0, smooth=0.7)
-    # Separate streams: the MR and CBCT cases of one seed share patient, grids and texture.
-    noise_rng = np.random.default_rng([seed, 1])
-    acquisition_rng = np.random.default_rng([seed, 2])
-    ref_noise_rng = np.random.default_rng([seed, 3])
+    plan = _plan(seed, size, oblique)
+    # Separate streams, so the MR and the CBCT case of a seed share everything above.
+    noise_rng, acquisition_rng, ref_noise_rng = (np.random.default_rng([seed, k]) for k in (1, 2, 3))
+    grid_in, grid_ref = plan.grid_in, plan.grid_ref
 
-    # Input scan: the anatomy in the input state at the input grid's points.
-    layers_in = anat.build_layers(patient, state_in)
     shape = size[::-1]
-    order = tile_order(shape)
-    x, y, z = (p[order] - np.float32(t) for p, t in zip(grid_in.points(), table, strict=True))
-    blur_in = float(np.mean(grid_in.spacing[:2]))
-    channels = ("ct", "mr") if modality == "mr" else ("ct",)
-    seen = render(layers_in, x, y, z, tissues=tissues, coarse=coarse, fine=fine, blur_mm=blur_in, channels=channels)
-    seen = seen.unpermuted(order)
-    del x, y, z
+    seen = _scan(plan, grid_in, plan.state_in, ("ct", "mr") if modality == "mr" else ("ct",), moved=False)
     ct_truth = seen.ct.reshape(shape)
     body = seen.body.reshape(shape)
     mask = body >= 0.5
-    voxel_ml = float(np.prod(grid_in.spacing)) / 1000
     if modality == "mr":
-        axes = grid_in.axes_mm()
-        uvw = tuple(2 * a / np.float32(max(float(a.max()), 1e-6)) - 1 for a in axes)
+        uvw = tuple(2 * a / np.float32(max(float(a.max()), 1e-6)) - 1 for a in grid_in.axes_mm())
         mr_acq = sample_mr_acquisition(acquisition_rng)
         image = apply_mr(seen.mr.reshape(shape), uvw, mr_acq, noise_rng)
         acquisition = {"mr": asdict(mr_acq)}
     else:
-        heads = [grid_in.to_grid_frame(table + np.array([side * 84.0, 0, 0]) * f) for side in (1, -1)]
-        gas = [grid_in.to_grid_frame(table + np.array([0, 30, p.z]) * f) for p in state_in.gas]
+        f = np.asarray(plan.patient.scale)
+        heads = [grid_in.to_grid_frame(plan.table + np.array([side * 84.0, 0, 0]) * f) for side in (1, -1)]
+        gas = [grid_in.to_grid_frame(plan.table + np.array([0, 30, p.z]) * f) for p in plan.state_in.gas]
         extent = tuple(float(n * s) for n, s in zip(size, grid_in.spacing, strict=True))
-        outline = anat.body_outline(patient)[0]
-        half_width = float(max(-outline.lo[0], outline.hi[0]))
-        cbct_acq = sample_cbct_acquisition(acquisition_rng, extent, half_width, (heads[0], heads[1]), 23.5 * f[2], gas)
+        outline = anat.body_outline(plan.patient)[0]
+        cbct_acq = sample_cbct_acquisition(acquisition_rng, extent, float(max(-outline.lo[0], outline.hi[0])),
+                                           (heads[0], heads[1]), 23.5 * f[2], gas)
         image, fov = apply_cbct(ct_truth, grid_in.axes_mm(), body, cbct_acq, noise_rng)
         image = _to_int16(image)
         mask &= fov
         acquisition = {"cbct": asdict(cbct_acq)}
 
-    # Reference CT: the anatomy in the reference state, at the misaligned reference points.
-    layers_ref = anat.build_layers(patient, state_ref)
+    ref = _scan(plan, grid_ref, plan.state_ref, ("ct",), moved=True)
     ref_shape = grid_ref.size[::-1]
-    order = tile_order(ref_shape)
-    x, y, z = (p - np.float32(t) for p, t in zip(misalignment(*(p[order] for p in grid_ref.points())), table, strict=True))
-    blur_ref = float(np.mean(grid_ref.spacing[:2]))
-    ref = render(layers_ref, x, y, z, tissues=tissues, coarse=coarse, fine=fine, blur_mm=blur_ref, channels=("ct",))
-    ref = ref.unpermuted(order)
-    del x, y, z
-    ref_ct = ref.ct.reshape(ref_shape) + correlated_noise(ref_noise_rng, ref_shape, ct_noise_hu, 0.6)
-    ref_ml = float(np.prod(grid_ref.spacing)) / 1000
+    ref_ct = ref.ct.reshape(ref_shape) + correlated_noise(ref_noise_rng, ref_shape, plan.ct_noise_hu, 0.6)
 
     identifier = case_id(seed, modality)
+    ml_in, ml_ref = float(np.prod(grid_in.spacing)) / 1000, float(np.prod(grid_ref.spacing)) / 1000
     truth = {
         "case_id": identifier,
         "seed": seed,
@@ -275,12 +292,12 @@ def generate_case(seed: int, modality: str, size: Sequence[int] = DEFAULT_SIZE, 
         "generator_version": PHANTOM_VERSION,
         "library_version": __version__,
         "frame": "LPS mm; the input frame is the physical space of the input, ct_aligned, mask and bones",
-        "misalignment": _misalignment_json(misalignment),
-        "bladder": _organ_json("bladder", state_in.bladder_fill, state_ref.bladder_fill, seen.counts, ref.counts, voxel_ml, ref_ml),
-        "rectal_gas": _gas_json(state_in, state_ref, seen.counts, ref.counts, voxel_ml, ref_ml),
-        "reference_ct_noise_hu": ct_noise_hu,
+        "misalignment": _misalignment_json(plan.misalignment),
+        "bladder": _organ_json("bladder", plan.state_in.bladder_fill, plan.state_ref.bladder_fill, seen.counts, ref.counts, ml_in, ml_ref),
+        "rectal_gas": _gas_json(plan.state_in, plan.state_ref, seen.counts, ref.counts, ml_in, ml_ref),
+        "reference_ct_noise_hu": plan.ct_noise_hu,
         "acquisition": acquisition,
-        "patient": asdict(patient),
+        "patient": asdict(plan.patient),
     }
     return PhantomCase(
         case_id=identifier,

@@ -87,7 +87,8 @@ def _ellipse_distance(u: np.ndarray, v: np.ndarray, rx: np.ndarray, ry: np.ndarr
     """First-order distance to the ellipse ``(u/rx)^2 + (v/ry)^2 = 1`` (mm)."""
     rho = np.sqrt((u / rx) ** 2 + (v / ry) ** 2)
     grad = np.sqrt((u / rx**2) ** 2 + (v / ry**2) ** 2) / np.maximum(rho, _EPS)
-    return (rho - 1) / np.maximum(grad, _EPS)
+    # No point is deeper than the smaller semi-axis (the estimate overshoots near the centre).
+    return np.maximum((rho - 1) / np.maximum(grad, _EPS), -np.minimum(rx, ry))
 
 
 def _from_boxes(shape: Shape, boxes) -> None:
@@ -137,22 +138,22 @@ class Ellipsoid(Shape):
         self.r = np.asarray(radii, np.float32)
         if np.any(self.r <= 0):
             raise ValueError(f"radii must be positive, got {radii}")
-        edges = np.linspace(-1.0, 1.0, 5)
+        # Four slabs along z, each as wide as the ellipsoid's widest section within it.
         boxes = []
+        edges = np.linspace(-1.0, 1.0, 5)
         for a, b in zip(edges[:-1], edges[1:], strict=True):
-            inner = 0.0 if a < 0 < b else min(abs(a), abs(b))
-            reach = np.array([*(self.r[:2] * np.sqrt(1 - inner**2)), 0.0])
-            boxes.append([self.c - reach + [0, 0, a * self.r[2]], self.c + reach + [0, 0, b * self.r[2] - 0]])
-        boxes = np.array(boxes)
-        boxes[:, 0, 2], boxes[:, 1, 2] = self.c[2] + edges[:-1] * self.r[2], self.c[2] + edges[1:] * self.r[2]
+            nearest = 0.0 if a < 0 < b else min(abs(a), abs(b))
+            reach = self.r[:2] * np.sqrt(1 - nearest**2)
+            boxes.append([(*(self.c[:2] - reach), self.c[2] + a * self.r[2]), (*(self.c[:2] + reach), self.c[2] + b * self.r[2])])
         _from_boxes(self, boxes)
 
     def __call__(self, x, y, z):
         u, v, w = x - self.c[0], y - self.c[1], z - self.c[2]
         r = self.r
         rho = np.sqrt((u / r[0]) ** 2 + (v / r[1]) ** 2 + (w / r[2]) ** 2)
-        grad = np.sqrt((u / r[0] ** 2) ** 2 + (v / r[1] ** 2) ** 2 + (w / r[2] ** 2) ** 2)
-        return (rho - 1) * rho / np.maximum(grad, _EPS)
+        grad = np.sqrt((u / r[0] ** 2) ** 2 + (v / r[1] ** 2) ** 2 + (w / r[2] ** 2) ** 2) / np.maximum(rho, _EPS)
+        # No point is deeper than the smallest semi-axis (the estimate overshoots near the centre).
+        return np.maximum((rho - 1) / np.maximum(grad, _EPS), -np.min(r))
 
 
 class Capsule(Shape):
@@ -334,7 +335,7 @@ class Contour(Shape):
             fp = np.maximum(f, _EPS) ** (1 - p)
             gx = us ** (p - 1) * fp / as_
             gy = vs ** (p - 1) * fp / bs
-            d2[side] = (f - 1) / np.maximum(np.sqrt(gx * gx + gy * gy), _EPS)
+            d2[side] = np.maximum((f - 1) / np.maximum(np.sqrt(gx * gx + gy * gy), _EPS), -np.minimum(as_, bs))
         dz = np.maximum(np.float32(k[0, 0]) - z, z - np.float32(k[-1, 0]))
         return _extrude(d2, dz)
 
@@ -361,7 +362,8 @@ class Union(Shape):
         if not parts:
             raise ValueError("parts must not be empty")
         self.parts, self.k, self.margin = list(parts), float(k), float(margin) + float(k)
-        _from_boxes(self, np.concatenate([p.boxes for p in parts]))
+        # A blended union bulges by up to k / 4 beyond its parts.
+        _from_boxes(self, np.concatenate([p.boxes for p in parts]) + np.array([-1.0, 1.0])[None, :, None] * self.k / 4)
 
     def __call__(self, x, y, z):
         out = self.parts[0].evaluate(x, y, z, self.margin)
