@@ -205,7 +205,12 @@ def test_reference_is_misaligned_by_the_recorded_transform(mr_case):
     sampled = ndimage.map_coordinates(ct, continuous[:, ::-1].T, order=1, mode="constant", cval=np.nan)
     valid = np.isfinite(sampled) & (sampled > -500) & (np.abs(sampled) < 2000)
     aligned_mae = np.mean(np.abs(sampled[valid] - ref_array.ravel()[valid]))
-    assert aligned_mae < 0.5 * identity_mae, (aligned_mae, identity_mae)
+    # What remains: CT noise, the changed bladder and gas, interpolation at 4 mm voxels.
+    assert aligned_mae < 0.65 * identity_mae, (aligned_mae, identity_mae)
+    # The recorded parameters reproduce the generator's mapping exactly.
+    generated = dataset._plan(3, SIZE, False).misalignment
+    for ours, theirs in zip(m(*points[:5000].T), generated(*points[:5000].T), strict=True):
+        assert np.array_equal(ours, theirs)
 
 
 def test_truth_records_organ_changes_and_version(mr_case):

@@ -24,7 +24,9 @@ from ..bone_labels import label_of
 from .render import Layer
 from .shapes import Arc, Capsule, Contour, Ellipsoid, HalfSpace, Intersect, Mirror, Offset, Shape, Subtract, SweptEllipse, Union
 
-__all__ = ["Patient", "OrganState", "GasPocket", "sample_patient", "sample_state", "build_layers", "body_outline", "Z_RANGE"]
+__all__ = [
+    "Patient", "OrganState", "GasPocket", "sample_patient", "sample_state", "build_layers", "body_outline", "organic_warp", "Z_RANGE",
+]
 
 #: Anatomy z range (mm) an image slab should stay within: femoral necks to the L5 body.
 Z_RANGE = (-46.0, 106.0)
@@ -68,6 +70,7 @@ class Patient:
     rectum_width: float
     bladder_offset: tuple[float, float]  # x, y shift
     bowel: tuple[tuple[float, ...], ...]  # (cx, cy, cz, length, radius, angle_deg)
+    warp: tuple[tuple[float, ...], ...]  # (axis, amplitude_mm, kx, ky, kz, phase): see organic_warp
 
 
 def sample_patient(rng: np.random.Generator) -> Patient:
@@ -94,7 +97,32 @@ def sample_patient(rng: np.random.Generator) -> Patient:
         rectum_width=float(rng.uniform(0.85, 1.25)),
         bladder_offset=(float(rng.uniform(-5, 5)), float(rng.uniform(-4, 4))),
         bowel=tuple(bowel),
+        warp=tuple(_sample_warp(rng)),
     )
+
+
+def _sample_warp(rng: np.random.Generator) -> list[tuple[float, ...]]:
+    waves = []
+    for axis in range(3):
+        for _ in range(3):
+            direction = rng.standard_normal(3)
+            k = direction / np.linalg.norm(direction) * 2 * np.pi / rng.uniform(50, 100)
+            waves.append((float(axis), float(rng.uniform(0.6, 1.4)), *(float(v) for v in k), float(rng.uniform(0, 2 * np.pi))))
+    return waves
+
+
+def organic_warp(patient: Patient, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Displace anatomy-space points by a smooth patient-specific field of a few mm.
+
+    The shapes are drawn as ellipses and arcs; evaluating them at warped points makes
+    every outline a little irregular, the same way in every scan of the patient. Each
+    component is a sum of three plane waves with ``amplitude * |k| <= 0.18``, so the
+    warp's Jacobian stays close to the identity (no folding).
+    """
+    out = [x.copy(), y.copy(), z.copy()]
+    for axis, amplitude, kx, ky, kz, phase in patient.warp:
+        out[int(axis)] += np.float32(amplitude) * np.sin(np.float32(kx) * x + np.float32(ky) * y + np.float32(kz) * z + np.float32(phase))
+    return out[0], out[1], out[2]
 
 
 def sample_state(rng: np.random.Generator) -> OrganState:
@@ -230,7 +258,7 @@ def build_layers(patient: Patient, state: OrganState) -> list[Layer]:
         loop = fr.capsule(np.array([cx, cy, cz]) - d, np.array([cx, cy, cz]) + d, radius)
         layers.append(Layer(f"bowel_{i}", loop, "bowel_wall", "bowel_content", 2.5, within=compartment))
     for name, shape in _muscles(fr, patient, inner):
-        layers.append(Layer(name, shape, "fat", "muscle", 1.2, within=compartment))
+        layers.append(Layer(name, shape, "fat", "muscle", 1.0, within=compartment))
     layers += _vessels(fr)
     layers += _pelvic_organs(fr, patient, state)
     layers += _skeleton(fr, patient)

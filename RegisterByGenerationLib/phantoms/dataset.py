@@ -224,7 +224,7 @@ def _scan(plan: _Plan, grid: Grid, state: anat.OrganState, channels: tuple[str, 
     points = tuple(p[order] for p in grid.points())
     if moved:
         points = plan.misalignment(*points)
-    x, y, z = (p - np.float32(t) for p, t in zip(points, plan.table, strict=True))
+    x, y, z = anat.organic_warp(plan.patient, *(p - np.float32(t) for p, t in zip(points, plan.table, strict=True)))
     seen = render(anat.build_layers(plan.patient, state), x, y, z, tissues=plan.tissues, coarse=plan.coarse,
                   fine=plan.fine, blur_mm=float(np.mean(grid.spacing[:2])), channels=channels)
     return seen.unpermuted(order)
