@@ -11,10 +11,12 @@ result is the same (to float rounding) but nothing of size ``P²`` is ever store
   weighted sum of the key/value at four *integer* positions ``b(p) + m``, where
   ``b(p) = floor(p + flow(p))`` and ``m`` runs over a ``(P + 1) x (P + 1)`` grid. Each
   integer position is gathered once and shared by up to four offsets.
-* The window is streamed one row of integer positions at a time (``P + 1`` positions)
-  with an online softmax (running maximum, running denominator, running weighted sum
-  of values), and pixels are processed in chunks, so the working memory is
-  ``O(chunk · P · C)`` instead of ``O(H · W · P² · C)``.
+* The window is streamed a few rows of integer positions at a time with an online
+  softmax (running maximum, running denominator, running weighted sum of values), and
+  pixels are processed in chunks. A step's gathered buffer is ``chunk · (rows + 1) ·
+  (P + 1) · C`` elements, with ``rows`` chosen to fit a fixed budget (2²⁰ elements on
+  the CPU), so the working memory is bounded independently of ``P²`` and of the image;
+  the only full-size copies are zero-padded K and V, ``B · (H + 2) · (W + 2P + 2) · C``.
 * Training uses a custom backward in the style of FlashAttention: the forward saves
   only ``q, k, v, flow``, the output and the log-sum-exp of the logits; the backward
   recomputes the window row by row and scatters the key/value gradients back through
@@ -26,9 +28,9 @@ zero value** (bilinear interpolation with zero padding, as
 pixel coordinates): their logit is 0, not minus infinity. A window entirely outside the
 image therefore returns zero.
 
-Hand-written because no library (MONAI, timm, torchvision) provides an exact,
-memory-streaming deformable window attention; torchvision's deformable convolution and
-``grid_sample`` based implementations all materialise the ``P²`` samples.
+Hand-written because no library we can depend on (MONAI, timm, torchvision) provides a
+deformable window attention that streams over the window; ``grid_sample``-based versions
+materialise the ``P²`` samples.
 """
 
 from __future__ import annotations
@@ -39,10 +41,10 @@ from torch import Tensor
 
 __all__ = ["deformable_window_attention", "window_offsets"]
 
-#: Elements of one gathered row buffer (pixels x (P + 1) x channels) per chunk. Small on
-#: the CPU so that a row stays in cache; large on accelerators to fill the device.
-_CHUNK_ELEMENTS = {"cpu": 1 << 17}
-_CHUNK_ELEMENTS_DEFAULT = 1 << 25
+#: (elements of one gathered buffer, pixels per chunk) by device type: small on the CPU
+#: so that a buffer stays in cache, large on accelerators to fill the device.
+_BUDGET = {"cpu": (1 << 20, 128)}
+_BUDGET_DEFAULT = (1 << 26, 1 << 16)
 
 
 def window_offsets(window: int) -> range:
@@ -195,77 +197,87 @@ class _WindowSampler:
         grid = table.view(self.heads, self.dim, self.batch, self.height + 2, self.padded_width)
         return grid[..., 1:-1, pad:-pad].permute(2, 0, 1, 3, 4).contiguous()
 
-    def row_starts(self, pixels: slice, row: int) -> Tensor:
-        """Table index of the first position of grid row ``row`` for each pixel, ``[n]``."""
-        y = (self.first_row[pixels] + row).clamp_(-1, self.height) + 1
-        return y.mul_(self.padded_width).add_(self.column_start[pixels])
+    def grid_starts(self, pixels: slice) -> Tensor:
+        """Table index of the first position of every grid row, ``[n, P + 1]``."""
+        rows = self.first_row[pixels, None] + self.span
+        rows = rows.clamp_(-1, self.height).add_(1).mul_(self.padded_width)
+        return rows.add_(self.column_start[pixels, None])
 
     def gather(self, table: Tensor, starts: Tensor) -> Tensor:
-        """The ``P + 1`` table rows from each start: ``[n, P + 1, heads, d]``."""
+        """The ``P + 1`` table rows from each of ``starts`` ``[n, r]``: ``[n, r, P + 1, heads, d]``."""
         span = self.window + 1
         channels = table.shape[1]
         windows = table.view(-1).as_strided((self.table_rows - span + 1, span * channels), (channels, 1))
-        return windows.index_select(0, starts).view(-1, span, self.heads, self.dim)
+        rows = windows.index_select(0, starts.reshape(-1))
+        return rows.view(*starts.shape, span, self.heads, self.dim)
 
     def scatter_add(self, table: Tensor, starts: Tensor, weights: Tensor, vectors: Tensor) -> None:
         """Transpose of :meth:`gather` for rank-one rows.
 
-        Adds ``weights[n, m, h] * vectors[n, h, :]`` to table row ``starts[n] + m`` of
+        Adds ``weights[n, r, m, h] * vectors[n, h, :]`` to row ``starts[n, r] + m`` of
         the channels-first ``table`` ``[heads * d, rows]``.
         """
-        index = (starts[:, None] + self.span).view(-1)
+        index = (starts[..., None] + self.span).view(-1)
         # contiguous channels-first factors make the outer product a long-inner-loop multiply
         vectors = vectors.permute(1, 2, 0).contiguous()[..., None]  # [h, d, n, 1]
-        rows = vectors * weights.permute(2, 0, 1).contiguous()[:, None]  # [h, d, n, m]
-        table.index_add_(1, index, rows.reshape(table.shape[0], -1))
+        weights = weights.permute(3, 0, 1, 2).reshape(self.heads, 1, weights.shape[0], -1)  # [h, 1, n, r m]
+        table.index_add_(1, index, (vectors * weights).view(table.shape[0], -1))
 
 
 def _dot(rows: Tensor, vectors: Tensor, ones: Tensor) -> Tensor:
-    """``<rows[n, m, h, :], vectors[n, m, h, :]>`` -> ``[n, m, h]``.
+    """``<rows[n, r, m, h, :], vectors[n, 1, 1, h, :]>`` -> ``[n, r, m, h]``.
 
-    ``vectors`` is the per-pixel vector already expanded over ``m`` (contiguous): an
-    elementwise product without broadcasting and a matrix-vector product with ones is
-    several times faster on the CPU than a broadcast multiply and ``sum``.
+    A multiply and a matrix-vector product with ones: faster on the CPU than ``sum(-1)``
+    over the short head dimension.
     """
     return torch.mul(rows, vectors) @ ones
 
 
 def _weighted_sum(weights: Tensor, rows: Tensor) -> Tensor:
-    """``sum_m weights[n, m, h] * rows[n, m, h, :]`` -> ``[n, h, d]``.
+    """``sum_{r, m} weights[n, r, m, h] * rows[n, r, m, h, :]`` -> ``[n, h, d]``.
 
     One batched matrix product over all heads; the cross-head blocks it also computes
     are dropped (cheaper than a broadcast multiply and reduction for a few heads).
     """
-    pixels, span, heads, dim = rows.shape
-    if heads == 1:
-        return torch.bmm(weights.transpose(1, 2), rows.view(pixels, span, dim))
-    products = torch.bmm(weights.transpose(1, 2), rows.view(pixels, span, heads * dim))
+    pixels, heads, dim = rows.shape[0], rows.shape[-2], rows.shape[-1]
+    weights = weights.reshape(pixels, -1, heads).transpose(1, 2)  # [n, h, r m]
+    products = torch.bmm(weights, rows.reshape(pixels, -1, heads * dim))  # [n, h, h d]
     return products.view(pixels, heads, heads, dim).diagonal(dim1=1, dim2=2).transpose(1, 2)
 
 
-def _bilinear(upper: Tensor, lower: Tensor, frac_y: Tensor, frac_x: Tensor) -> Tensor:
-    """Per-offset values from two grid rows ``[n, P + 1, h]`` -> ``[n, P, h]``."""
-    upper = torch.lerp(upper[:, :-1], upper[:, 1:], frac_x)
-    lower = torch.lerp(lower[:, :-1], lower[:, 1:], frac_x)
-    return torch.lerp(upper, lower, frac_y)
+def _bilinear(grid: Tensor, frac_y: Tensor, frac_x: Tensor) -> Tensor:
+    """Per-offset values from grid values: ``[n, r + 1, P + 1, h]`` -> ``[n, r, P, h]``."""
+    columns = torch.lerp(grid[:, :, :-1], grid[:, :, 1:], frac_x)
+    return torch.lerp(columns[:, :-1], columns[:, 1:], frac_y)
 
 
-def _splat_columns(per_offset: Tensor, frac_x: Tensor) -> Tensor:
-    """Transpose of the column interpolation: ``[n, P, h]`` -> ``[n, P + 1, h]``."""
+def _splat(per_offset: Tensor, frac_y: Tensor, frac_x: Tensor) -> Tensor:
+    """Transpose of :func:`_bilinear`: ``[n, r, P, h]`` -> ``[n, r + 1, P + 1, h]``."""
     right = per_offset * frac_x
-    return F.pad(per_offset - right, (0, 0, 0, 1)) + F.pad(right, (0, 0, 1, 0))
+    columns = F.pad(per_offset - right, (0, 0, 0, 1)) + F.pad(right, (0, 0, 1, 0))
+    lower = columns * frac_y
+    return F.pad(columns - lower, (0, 0, 0, 0, 0, 1)) + F.pad(lower, (0, 0, 0, 0, 1, 0))
 
 
-def _chunks(sampler: _WindowSampler, pixels: int, device: torch.device, chunk_size: int | None):
-    if chunk_size is None:
-        budget = _CHUNK_ELEMENTS.get(device.type, _CHUNK_ELEMENTS_DEFAULT)
-        chunk_size = max(1, budget // ((sampler.window + 1) * sampler.heads * sampler.dim))
-    for start in range(0, pixels, chunk_size):
-        yield slice(start, min(pixels, start + chunk_size))
+def _plan(pixels: int, window: int, channels: int, device: torch.device, chunk_size: int | None):
+    """Pixels per chunk and window rows per step, so one gathered buffer fits the budget.
+
+    A buffer holds ``chunk · (rows + 1) · (P + 1) · channels`` elements; its size is
+    bounded by the budget (or by ``chunk_size · 2 (P + 1) · channels``), never by ``P²``.
+    """
+    budget, default_chunk = _BUDGET.get(device.type, _BUDGET_DEFAULT)
+    chunk = min(pixels, chunk_size or default_chunk)
+    rows = budget // (chunk * (window + 1) * channels) - 1
+    return chunk, max(1, min(window, rows))
 
 
 class _DeformableWindowAttention(torch.autograd.Function):
-    """Streaming forward with online softmax; recomputing backward (see module docstring)."""
+    """Streaming forward with online softmax; recomputing backward (see module docstring).
+
+    The window is processed ``rows`` offset rows at a time: a step gathers the
+    ``rows + 1`` grid rows those offsets touch (the grid row shared with the next step
+    is gathered again there; by linearity each step adds its own share of it).
+    """
 
     @staticmethod
     def forward(ctx, query, key, value, flow, window, scale, chunk_size):  # noqa: D102
@@ -273,34 +285,27 @@ class _DeformableWindowAttention(torch.autograd.Function):
         sampler = _WindowSampler(flow, window, heads, dim)
         keys, values = sampler.table(key), sampler.table(value)
         queries = query.permute(0, 3, 4, 1, 2).reshape(-1, heads, dim) * scale
-        ones = query.new_ones(dim)
-        pixels = queries.shape[0]
+        pixels, ones = queries.shape[0], query.new_ones(dim)
+        chunk_pixels, rows = _plan(pixels, window, heads * dim, query.device, chunk_size)
         out = torch.empty_like(queries)
         lse = query.new_empty(pixels, heads)
-        for chunk in _chunks(sampler, pixels, query.device, chunk_size):
+        for chunk in (slice(i, min(pixels, i + chunk_pixels)) for i in range(0, pixels, chunk_pixels)):
             q = queries[chunk]
-            q_rows = q[:, None].expand(-1, window + 1, -1, -1).contiguous()
-            fy, fx = sampler.frac_y[chunk, None, None], sampler.frac_x[chunk, None, None]
+            fy, fx = sampler.frac_y[chunk, None, None, None], sampler.frac_x[chunk, None, None, None]
+            starts = sampler.grid_starts(chunk)
             run_max = q.new_full(q.shape[:2], float("-inf"))
             denom = q.new_zeros(q.shape[:2])
             acc = torch.zeros_like(q)
-            pending = q.new_zeros(())  # weights that grid row `row` owes from offset row `row - 1`
-            for row in range(window + 1):
-                starts = sampler.row_starts(chunk, row)
-                scores = _dot(sampler.gather(keys, starts), q_rows, ones)
-                if row > 0:
-                    logits = _bilinear(prev_scores, scores, fy, fx)  # offsets of grid row `row - 1`
-                    new_max = torch.maximum(run_max, logits.amax(1))
-                    rescale = torch.exp(run_max - new_max)
-                    probs = torch.exp(logits - new_max[:, None])
-                    denom = denom * rescale + probs.sum(1)
-                    split = _splat_columns(probs, fx)
-                    weights = pending * rescale[:, None] + split * (1 - fy)  # grid row `row - 1` is complete
-                    acc = acc * rescale[..., None] + _weighted_sum(weights, sampler.gather(values, prev_starts))
-                    pending = split * fy
-                    run_max = new_max
-                prev_scores, prev_starts = scores, starts
-            acc += _weighted_sum(pending, sampler.gather(values, prev_starts))
+            for first in range(0, window, rows):
+                grid = starts[:, first : min(window, first + rows) + 1]
+                logits = _bilinear(_dot(sampler.gather(keys, grid), q[:, None, None], ones), fy, fx)
+                new_max = torch.maximum(run_max, logits.amax((1, 2)))
+                rescale = torch.exp(run_max - new_max)
+                probs = torch.exp(logits - new_max[:, None, None])
+                denom = denom * rescale + probs.sum((1, 2))
+                contribution = _weighted_sum(_splat(probs, fy, fx), sampler.gather(values, grid))
+                acc = acc * rescale[..., None] + contribution
+                run_max = new_max
             out[chunk] = acc / denom[..., None]
             lse[chunk] = run_max + torch.log(denom)
         ctx.save_for_backward(query, key, value, flow, out, lse)
@@ -317,39 +322,29 @@ class _DeformableWindowAttention(torch.autograd.Function):
         keys, values = sampler.table(key), sampler.table(value)
         queries = query.permute(0, 3, 4, 1, 2).reshape(-1, heads, dim) * scale
         grad_out = grad_output.permute(0, 3, 4, 1, 2).reshape(-1, heads, dim)
-        ones = query.new_ones(dim)
+        pixels, ones = queries.shape[0], query.new_ones(dim)
+        # the backward keeps two gathered buffers (keys and values) per step
+        chunk_pixels, rows = _plan(pixels, window, 2 * heads * dim, query.device, ctx.chunk_size)
         grad_keys = query.new_zeros(heads * dim, sampler.table_rows)
         grad_values = torch.zeros_like(grad_keys)
         grad_queries = torch.empty_like(queries)
-        for chunk in _chunks(sampler, queries.shape[0], query.device, ctx.chunk_size):
+        for chunk in (slice(i, min(pixels, i + chunk_pixels)) for i in range(0, pixels, chunk_pixels)):
             q, g = queries[chunk], grad_out[chunk]
-            q_rows = q[:, None].expand(-1, window + 1, -1, -1).contiguous()
-            g_rows = g[:, None].expand(-1, window + 1, -1, -1).contiguous()
-            fy, fx = sampler.frac_y[chunk, None, None], sampler.frac_x[chunk, None, None]
-            chunk_lse = lse[chunk][:, None]
-            delta = (g * out[chunk]).sum(-1)[:, None]  # [n, 1, h]
+            fy, fx = sampler.frac_y[chunk, None, None, None], sampler.frac_x[chunk, None, None, None]
+            starts = sampler.grid_starts(chunk)
+            chunk_lse = lse[chunk][:, None, None]
+            delta = (g * out[chunk]).sum(-1)[:, None, None]  # [n, 1, 1, h]
             grad_q = torch.zeros_like(q)
-            pending_v = pending_s = q.new_zeros(())
-            for row in range(window + 1):
-                starts = sampler.row_starts(chunk, row)
-                key_rows = sampler.gather(keys, starts)
-                scores = _dot(key_rows, q_rows, ones)
-                grad_scores = _dot(sampler.gather(values, starts), g_rows, ones)
-                if row > 0:
-                    probs = torch.exp(_bilinear(prev_scores, scores, fy, fx) - chunk_lse)
-                    grad_logits = probs * (_bilinear(prev_grad_scores, grad_scores, fy, fx) - delta)
-                    split_v, split_s = _splat_columns(probs, fx), _splat_columns(grad_logits, fx)
-                    weights_v = pending_v + split_v * (1 - fy)  # grid row `row - 1` is complete
-                    weights_s = pending_s + split_s * (1 - fy)
-                    sampler.scatter_add(grad_values, prev_starts, weights_v, g)
-                    sampler.scatter_add(grad_keys, prev_starts, weights_s, q)
-                    grad_q += _weighted_sum(weights_s, prev_key_rows)
-                    pending_v, pending_s = split_v * fy, split_s * fy
-                prev_scores, prev_grad_scores = scores, grad_scores
-                prev_starts, prev_key_rows = starts, key_rows
-            sampler.scatter_add(grad_values, prev_starts, pending_v, g)
-            sampler.scatter_add(grad_keys, prev_starts, pending_s, q)
-            grad_q += _weighted_sum(pending_s, prev_key_rows)
+            for first in range(0, window, rows):
+                grid = starts[:, first : min(window, first + rows) + 1]
+                key_rows, value_rows = sampler.gather(keys, grid), sampler.gather(values, grid)
+                probs = torch.exp(_bilinear(_dot(key_rows, q[:, None, None], ones), fy, fx) - chunk_lse)
+                grad_probs = _bilinear(_dot(value_rows, g[:, None, None], ones), fy, fx)
+                weights_v = _splat(probs, fy, fx)
+                weights_s = _splat(probs * (grad_probs - delta), fy, fx)
+                sampler.scatter_add(grad_values, grid, weights_v, g)
+                sampler.scatter_add(grad_keys, grid, weights_s, q)
+                grad_q += _weighted_sum(weights_s, key_rows)
             grad_queries[chunk] = grad_q * scale
         grad_query = grad_queries.view(batch, height, width, heads, dim).permute(0, 3, 4, 1, 2)
         grad_key = sampler.untable_channels_first(grad_keys)

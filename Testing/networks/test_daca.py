@@ -6,8 +6,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from RegisterByGenerationLib.networks import window_attention
 from RegisterByGenerationLib.networks.daca import DACABlock
 from RegisterByGenerationLib.networks.window_attention import deformable_window_attention, window_offsets
+
+# How the window is streamed: (pixels per chunk, offset rows per step); None = the default plan.
+STREAMING_PLANS = [None, (17, 1), (17, 3)]
+
+
+def use_plan(monkeypatch, plan, channels, window):
+    """Make the CPU plan stream `rows` offset rows per step over chunks of `pixels`."""
+    if plan is not None:
+        pixels, rows = plan
+        monkeypatch.setitem(window_attention._BUDGET, "cpu", ((rows + 1) * pixels * (window + 1) * channels, pixels))
 
 
 def naive_window_attention(query, key, value, flow, window, scale=None):
@@ -58,13 +69,22 @@ def random_inputs(batch, heads, dim, height, width, flow_kind, seed=0, dtype=tor
 @pytest.mark.parametrize("window", [1, 2, 3, 4, 7])
 @pytest.mark.parametrize("heads", [1, 2])
 @pytest.mark.parametrize("flow_kind", ["fractional", "large", "outward"])
-def test_matches_naive_formula(window, heads, flow_kind):
+@pytest.mark.parametrize("plan", STREAMING_PLANS)
+def test_matches_naive_formula(window, heads, flow_kind, plan, monkeypatch):
     q, k, v, flow = random_inputs(2, heads, 3, 9, 13, flow_kind, seed=window * 10 + heads)
+    use_plan(monkeypatch, plan, heads * 3, window)  # chunks of 17 split image rows and batch items
+    ours = deformable_window_attention(q, k, v, flow, window)
     expected = naive_window_attention(q, k, v, flow, window)
-    for chunk_size in (None, 17):  # chunks that split image rows and batch items
-        ours = deformable_window_attention(q, k, v, flow, window, chunk_size=chunk_size)
-        assert ours.shape == expected.shape and ours.dtype == torch.float32
-        assert (ours - expected).abs().max().item() < 1e-5
+    assert ours.shape == expected.shape and ours.dtype == torch.float32
+    assert (ours - expected).abs().max().item() < 1e-5
+
+
+def test_chunk_size_does_not_change_the_result():
+    q, k, v, flow = random_inputs(2, 2, 3, 9, 13, "large")
+    reference = deformable_window_attention(q, k, v, flow, 5)
+    for chunk_size in (7, 40, 10_000):
+        ours = deformable_window_attention(q, k, v, flow, 5, chunk_size=chunk_size)
+        torch.testing.assert_close(ours, reference, rtol=0, atol=1e-6)
 
 
 def test_scale_argument():
@@ -92,18 +112,21 @@ def test_window_wholly_outside_gives_zero():
     assert torch.equal(deformable_window_attention(q, k, v, flow, window=3), torch.zeros_like(q))
 
 
-def test_gradcheck_float64():
+@pytest.mark.parametrize("plan", [None, (7, 1)])
+def test_gradcheck_float64(plan, monkeypatch):
+    use_plan(monkeypatch, plan, 4, 3)
     q, k, v, flow = random_inputs(1, 2, 2, 4, 3, "large", dtype=torch.float64)
     flow[0, :, 0, 0] = torch.tensor([-1.0, 2.0])  # an exact integer position too
     inputs = tuple(t.requires_grad_(True) for t in (q, k, v))
     assert torch.autograd.gradcheck(lambda a, b, c: deformable_window_attention(a, b, c, flow, 3), inputs)
-    assert torch.autograd.gradcheck(
-        lambda a, b, c: deformable_window_attention(a, b, c, flow, 2, chunk_size=3), inputs
-    )
+    if plan is None:  # an even window too
+        assert torch.autograd.gradcheck(lambda a, b, c: deformable_window_attention(a, b, c, flow, 2), inputs)
 
 
 @pytest.mark.parametrize("window", [2, 5])
-def test_gradients_match_naive(window):
+@pytest.mark.parametrize("plan", STREAMING_PLANS)
+def test_gradients_match_naive(window, plan, monkeypatch):
+    use_plan(monkeypatch, plan, 6, window)
     q, k, v, flow = random_inputs(2, 2, 3, 8, 10, "large", seed=3)
     flow.requires_grad_(True)
     grad_out = torch.randn(q.shape, generator=torch.Generator().manual_seed(9))
