@@ -24,6 +24,7 @@ SUBCOMMANDS = {
     "run": "run",
     "models": "models",
     "evaluate": "evaluate",
+    "train": "train",
 }
 
 

@@ -1,0 +1,169 @@
+"""Export a trained run as a model directory (``model.json`` + ``weights.safetensors``).
+
+The Stage 2 checkpoint holds the whole model (Stage 1 and the registration network
+were frozen inside it), so it is what is exported. ``model.json`` carries what inference
+needs (architecture, pixel spacing, normalisation) and the model card under
+``"training"``: data and split, seeds, configuration, epochs, wall time, hardware, the
+feature networks of the losses, and the validation metrics of every phase.
+
+Example::
+
+    >>> info = export_run("runs/mr", "models/my-mr", name="my-mr")
+    >>> Pipeline(info.path, modality="mr")  # ready for inference
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..errors import InputError
+from ..modelstore import ModelInfo, save_model
+from ..networks import build_model
+from .config import PHASES, TrainingConfig
+from .trainer import load_checkpoint, read_run
+
+__all__ = ["INTENDED_USE", "REAL_DATA_NOTE", "export_run", "model_card"]
+
+INTENDED_USE = "Research and demonstration only. Not a medical device; not for clinical use."
+REAL_DATA_NOTE = (
+    "To train on real data: arrange paired scans in the SynthRAD2023 layout (<ID>/mr.nii.gz or "
+    "cbct.nii.gz, ct.nii.gz, mask.nii.gz; the SynthRAD2023 Task 1/Task 2 data can be used as "
+    "distributed), run `rbg train all --data DIR --out RUN --preset full --modality mr|cbct "
+    "[--vgg-weights vgg19.pth]` on a GPU (torchrun for several), then `rbg train export RUN -o "
+    "MODEL_DIR --name NAME`; see docs/training.md."
+)
+
+
+def _data_description(run: dict[str, Any]) -> dict[str, Any]:
+    """Training data facts; for phantom sets also the generator seeds of every case."""
+    data = run["data"]
+    folder = Path(data["dir"])
+    seeds: dict[str, int] = {}
+    for case in data["train"] + data["val"]:
+        card = folder / case / "phantom.json"
+        if card.is_file():
+            try:
+                seeds[case] = int(json.loads(card.read_text(encoding="utf-8"))["seed"])
+            except (OSError, ValueError, KeyError, json.JSONDecodeError):
+                pass
+    phantom = len(seeds) == len(data["train"]) + len(data["val"]) and bool(seeds)
+    description = {
+        "kind": "synthetic pelvis phantoms (RegisterByGenerationLib.phantoms)" if phantom else "user data (SynthRAD2023 layout)",
+        "dir": data["dir"],
+        "modality": data["modality"],
+        "train_cases": data["train"],
+        "val_cases": data["val"],
+    }
+    if phantom:
+        description["phantom_seeds"] = {
+            "train": sorted(seeds[c] for c in data["train"]),
+            "val": sorted(seeds[c] for c in data["val"]),
+        }
+    return description
+
+
+def model_card(run_dir: str | os.PathLike, checkpoint: str = "best") -> dict[str, Any]:
+    """The ``"training"`` section of ``model.json`` for a run.
+
+    Raises:
+        InputError: not a run, or a phase has no checkpoint.
+    """
+    run_dir = Path(run_dir)
+    run = read_run(run_dir)
+    phases: dict[str, Any] = {}
+    last_checkpoint: dict[str, Any] = {}
+    for phase in PHASES:
+        state = load_checkpoint(run_dir / phase / "last.pt")
+        best_row = next((row for row in state["history"] if row["epoch"] == state["best_epoch"]), {})
+        phases[phase] = {
+            "epochs": state["epoch"],
+            "best_epoch": state["best_epoch"],
+            "wall_time_s": round(float(state["wall_time_s"]), 1),
+            "validation_at_best_epoch": {k: v for k, v in best_row.items() if k.startswith("val_")},
+            "final_training_losses": {k: v for k, v in (state["history"][-1] if state["history"] else {}).items() if k.startswith("train_")},
+        }
+        last_checkpoint = state
+    config = run["config"]
+    data = _data_description(run)
+    synthetic = data["kind"].startswith("synthetic")
+    return {
+        "data": data,
+        "seeds": {"training": config["seed"], "validation_split": config["seed"], "prealignment": config["seed"]},
+        "config": config,
+        "epochs": {phase: phases[phase]["epochs"] for phase in PHASES},
+        "wall_time_s": {**{phase: phases[phase]["wall_time_s"] for phase in PHASES},
+                        "total": round(sum(phases[p]["wall_time_s"] for p in PHASES), 1)},  # fmt: skip
+        "hardware": last_checkpoint["hardware"],
+        "processes": last_checkpoint["world_size"],
+        "feature_networks": last_checkpoint["feature_networks"],
+        "phases": phases,
+        "exported_checkpoint": f"stage2/{checkpoint}.pt",
+        "library_version": __version__,
+        "note": (
+            ("Trained on synthetic phantoms only. " if synthetic else "")
+            + "Self-supervised: the losses use the input and the misaligned reference CT only; "
+            + "aligned CTs, where present, only scored validation slices. "
+            + INTENDED_USE + " " + REAL_DATA_NOTE
+        ),
+    }
+
+
+def export_run(
+    run_dir: str | os.PathLike,
+    model_dir: str | os.PathLike,
+    *,
+    name: str,
+    checkpoint: str = "best",
+    description: str | None = None,
+    version: str | None = None,
+    evaluation: dict[str, Any] | None = None,
+) -> ModelInfo:
+    """Write the run's Stage 2 checkpoint as a model directory.
+
+    Args:
+        run_dir: the training run (all three phases trained).
+        model_dir: the model directory to write (replaced if it exists).
+        name: the model's name (``rbg run --model NAME`` once installed).
+        checkpoint: ``"best"`` or ``"last"`` Stage 2 checkpoint.
+        description: one line for ``rbg models list``.
+        version: the model's version (default: the library's).
+        evaluation: an evaluation table to record in the card (e.g. held-out cases).
+
+    Returns:
+        The written model's :class:`~RegisterByGenerationLib.modelstore.ModelInfo`.
+
+    Raises:
+        InputError: not a run, a phase missing, or a bad ``checkpoint`` or ``name``.
+    """
+    if checkpoint not in ("best", "last"):
+        raise InputError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
+    if not name or any(c in name for c in "/\\") or name.startswith("."):
+        raise InputError(f"name must be a plain, non-empty model name, got {name!r}")
+    run_dir = Path(run_dir)
+    run = read_run(run_dir)
+    config = TrainingConfig.from_dict(run["config"])
+    state = load_checkpoint(run_dir / "stage2" / f"{checkpoint}.pt")
+    model = build_model(config.model)
+    try:
+        model.load_state_dict(state["model"], strict=True)
+    except RuntimeError as error:
+        raise InputError(f"{run_dir / 'stage2' / f'{checkpoint}.pt'}: does not match the run's architecture ({str(error).splitlines()[0]})") from error
+    card = model_card(run_dir, checkpoint)
+    metadata: dict[str, Any] = {
+        "name": name,
+        "modality": config.modality,
+        "pixel_spacing_mm": list(config.pixel_spacing_mm),
+        "normalization": config.normalization,
+        "canvas": None,
+        "description": description or f"RbG {config.preset} {config.modality.upper()} model ({card['data']['kind']}, {len(card['data']['train_cases'])} training cases)",
+        "version": version or __version__,
+        "intended_use": INTENDED_USE,
+        "training": card,
+    }
+    if evaluation is not None:
+        metadata["evaluation"] = evaluation
+    return save_model(model, model_dir, metadata)

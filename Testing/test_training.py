@@ -1,0 +1,286 @@
+"""Self-supervised training: `rbg train all` on a 2-case phantom set, overfitting a fixed
+batch, exact resume, malformed datasets, configs, crops and export."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from RegisterByGenerationLib.cli import main
+from RegisterByGenerationLib.errors import InputError
+from RegisterByGenerationLib.modelstore import ModelInfo, load_model
+from RegisterByGenerationLib.networks import build_model
+from RegisterByGenerationLib.phantoms import write_phantom_dataset
+from RegisterByGenerationLib.training import (
+    SliceCropDataset,
+    Trainer,
+    TrainingConfig,
+    find_cases,
+    load_case,
+    load_checkpoint,
+    load_config,
+    split_cases,
+)
+from RegisterByGenerationLib.training.distributed import DistributedContext
+from RegisterByGenerationLib.training.phases import build_phase
+
+SIZE = (64, 48, 16)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: the CI machine has 2 shared cores, and oversubscribed threads
+    are much slower than one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def phantom_data(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("phantoms")
+    write_phantom_dataset(folder, cases=2, seed=500, modality="mr", size=SIZE)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained_run(phantom_data, tmp_path_factory) -> tuple[Path, Path, int]:
+    """`rbg train all` with the tiny preset, exporting the model at the end."""
+    root = tmp_path_factory.mktemp("run")
+    run, model = root / "run", root / "model"
+    torch.set_num_threads(1)
+    code = main(["train", "all", "--data", str(phantom_data), "--out", str(run), "--preset", "tiny", "--device", "cpu",
+                 "--no-progress", "--export", str(model), "--name", "tiny-trained"])  # fmt: skip
+    return run, model, code
+
+
+@pytest.fixture(scope="module")
+def cases(phantom_data, trained_run):
+    run, _, _ = trained_run
+    config = TrainingConfig.tiny()
+    _, files = find_cases(phantom_data)
+    return [load_case(f, config, run / "cache") for f in files]  # cache hits: the run preprocessed them
+
+
+def _batch(cases, config, size=2, seed=0):
+    dataset = SliceCropDataset(cases, config.crop_size, seed=seed, augment=None, reference_shift=2)
+    items = [dataset[i] for i in range(size)]
+    return {key: torch.stack([item[key] for item in items]) for key in items[0]}
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def test_train_all_writes_checkpoints_logs_and_a_loadable_model(trained_run, phantom_data):
+    run, model_dir, code = trained_run
+    assert code == 0
+    info = json.loads((run / "run.json").read_text())
+    assert sorted(info["data"]["train"] + info["data"]["val"]) == ["1PS0500", "1PS0501"]
+    assert len(info["data"]["val"]) == 1  # split by patient
+    for phase in ("stage1", "registration", "stage2"):
+        assert (run / phase / "best.pt").is_file() and (run / phase / "last.pt").is_file()
+        rows = list(csv.DictReader(open(run / phase / "log.csv")))
+        assert len(rows) == 1 and np.isfinite(float(rows[0]["train_total"]))
+        state = load_checkpoint(run / phase / "last.pt")
+        assert state["epoch"] == 1 and state["phase"] == phase
+    stage1_log = list(csv.DictReader(open(run / "stage1" / "log.csv")))[0]
+    assert 0 < float(stage1_log["val_mae"]) < 3000  # MAE in HU vs ct_aligned on validation slices
+    registration_log = list(csv.DictReader(open(run / "registration" / "log.csv")))[0]
+    assert {"val_mse", "val_warped_mae", "val_rigid_mae"} <= set(registration_log)
+
+    # the exported model: loadable, and the pipeline runs it
+    model_info = ModelInfo.from_directory(model_dir)
+    card = model_info.metadata["training"]
+    assert card["data"]["kind"].startswith("synthetic pelvis phantoms")
+    seed_of = {"1PS0500": 500, "1PS0501": 501}
+    assert card["data"]["phantom_seeds"] == {"train": [seed_of[c] for c in info["data"]["train"]], "val": [seed_of[c] for c in info["data"]["val"]]}
+    assert card["feature_networks"]["contextual"].startswith("vgg19-random (He init, seed 0)")
+    assert "not for clinical use" in card["note"] and "To train on real data" in card["note"]
+    assert set(card["epochs"]) == {"stage1", "registration", "stage2"} and card["hardware"]
+    load_model(model_info)
+
+    from RegisterByGenerationLib.io import read_image
+    from RegisterByGenerationLib.pipeline import Pipeline
+
+    case = phantom_data / info["data"]["val"][0]
+    pipeline = Pipeline(model_dir, modality="mr", device="cpu", prealign=False)
+    result = pipeline.run(read_image(case / "mr.nii.gz"), read_image(case / "ct.nii.gz"))
+    assert result.pseudo_ct.GetSize() == SIZE
+
+
+def test_stage2_is_trained_with_stage1_and_registration_frozen(trained_run):
+    run, _, _ = trained_run
+    models = {phase: load_checkpoint(run / phase / "best.pt")["model"] for phase in ("stage1", "registration", "stage2")}
+    for key, value in models["stage1"].items():
+        if key.startswith("stage1."):
+            assert torch.equal(value, models["registration"][key]) and torch.equal(value, models["stage2"][key]), key
+    changed = [k for k, v in models["registration"].items() if k.startswith("registration.") and not torch.equal(v, models["stage1"][k])]
+    assert changed  # the registration phase did train R
+    for key, value in models["registration"].items():
+        if key.startswith("registration."):
+            assert torch.equal(value, models["stage2"][key]), key
+
+
+def test_a_phase_needs_the_previous_one_and_refuses_to_overwrite(trained_run, phantom_data, tmp_path, capsys):
+    run, _, _ = trained_run
+    fresh = tmp_path / "fresh"
+    shutil.copytree(run / "cache", fresh / "cache")
+    args = ["--data", str(phantom_data), "--preset", "tiny", "--device", "cpu", "--no-progress"]
+    assert main(["train", "stage2", "--out", str(fresh), *args]) == 1
+    assert "registration has not been trained; run `rbg train registration` first" in capsys.readouterr().err
+    assert main(["train", "stage1", "--out", str(run), "--device", "cpu", "--data", str(phantom_data)]) == 1
+    assert "already has a checkpoint; pass --resume" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- optimisation
+
+
+class _ShiftedReference(torch.nn.Module):
+    """A stand-in Stage 1 whose output is the reference moved by (2, -1) pixels: the
+    registration network has a known displacement to find."""
+
+    def forward(self, x, y, generator=None):
+        return torch.roll(y, shifts=(2, -1), dims=(2, 3))
+
+
+@pytest.mark.parametrize("phase", ["stage1", "registration", "stage2"])
+def test_each_phase_overfits_a_fixed_batch(cases, phase):
+    """Real optimisation steps: the non-adversarial part of the loss falls on a fixed batch."""
+    torch.manual_seed(0)
+    config = TrainingConfig.tiny()
+    config.phase(phase).lr = 3e-3
+    model = build_model(config.model)
+    if phase == "registration":
+        model.stage1 = _ShiftedReference()
+    step = build_phase(phase, model, config, DistributedContext(), torch.Generator().manual_seed(1), torch.Generator().manual_seed(2))
+    step.train_mode()
+    batch = _batch(cases, config)
+    history = []
+    for _ in range(20):
+        losses = step.train_step(batch)
+        if phase == "registration":
+            history.append(losses["total"])  # MSE + 0.5 smoothness: nothing adversarial
+        else:
+            history.append(step.weights.nce * losses["nce"] + step.weights.cx * losses["cx"])
+    assert np.mean(history[-4:]) < 0.85 * np.mean(history[:4]), [round(h, 2) for h in history]
+
+
+def test_resume_continues_exactly(phantom_data, trained_run, tmp_path):
+    """Stopping after epoch 1 and resuming gives the same epoch 2 as an uninterrupted run."""
+    run, _, _ = trained_run
+    config = TrainingConfig.tiny()
+    config.stage1.epochs = 2
+    config.augment.enabled = True
+    results = {}
+    for name in ("straight", "interrupted"):
+        folder = tmp_path / name
+        shutil.copytree(run / "cache", folder / "cache")
+        trainer = Trainer(config, phantom_data, folder, device="cpu", progress=False)
+        if name == "straight":
+            trainer.train("stage1")
+        else:
+            trainer.train("stage1", stop_after=1)
+            assert load_checkpoint(folder / "stage1" / "last.pt")["epoch"] == 1
+            torch.manual_seed(12345)  # a new process would start from another random state
+            Trainer(config, phantom_data, folder, device="cpu", progress=False).train("stage1", resume=True)
+        results[name] = load_checkpoint(folder / "stage1" / "last.pt")
+    straight, resumed = results["straight"], results["interrupted"]
+    assert resumed["epoch"] == 2
+    for key in ("train_total", "train_nce", "train_cx", "train_gan", "train_discriminator", "val_mae"):
+        assert resumed["history"][1][key] == pytest.approx(straight["history"][1][key], rel=1e-6, abs=1e-7), key
+    for key, value in straight["model"].items():
+        torch.testing.assert_close(resumed["model"][key], value, rtol=1e-6, atol=1e-7, msg=key)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _copy_case(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target)
+    return target
+
+
+def test_malformed_dataset_errors_name_the_case_and_file(phantom_data, tmp_path, capsys):
+    source = sorted(p for p in phantom_data.iterdir() if p.is_dir())[0]
+    data = tmp_path / "data"
+    data.mkdir()
+    case = _copy_case(source, data / "1PA042")
+    (case / "ct.nii.gz").unlink()
+    with pytest.raises(InputError, match=r"1PA042: case 1PA042 is missing ct\.nii\.gz"):
+        find_cases(data)
+    assert main(["train", "stage1", "--data", str(data), "--out", str(tmp_path / "r"), "--preset", "tiny", "--device", "cpu"]) == 1
+    assert "case 1PA042 is missing ct.nii.gz" in capsys.readouterr().err
+
+    shutil.copy(source / "ct.nii.gz", case / "ct.nii.gz")
+    shifted = sitk.ReadImage(str(case / "mask.nii.gz"))
+    shifted.SetOrigin([o + 5.0 for o in shifted.GetOrigin()])
+    sitk.WriteImage(shifted, str(case / "mask.nii.gz"))
+    modality, files = find_cases(data)
+    with pytest.raises(InputError, match=r"mask\.nii\.gz: case 1PA042: the mask is not on the input's grid"):
+        load_case(files[0], TrainingConfig.tiny(modality=modality))
+
+    (case / "mr.nii.gz").write_bytes(b"not an image")
+    with pytest.raises(InputError, match=r"1PA042/mr\.nii\.gz"):
+        load_case(find_cases(data)[1][0], TrainingConfig.tiny())
+
+    other = _copy_case(source, data / "2PA001")
+    (other / "mr.nii.gz").rename(other / "cbct.nii.gz")
+    with pytest.raises(InputError, match="2PA001 is CBCT but 1PA042 is MR"):
+        find_cases(data)
+    with pytest.raises(InputError, match=r"2PA001: case 2PA001 is missing mr\.nii\.gz"):
+        find_cases(data, "mr")
+    shutil.rmtree(other)
+    (data / "overview").mkdir()  # SynthRAD2023's spreadsheet folder is not a case
+    (data / "overview" / "1_pelvis_train.xlsx").write_bytes(b"")
+    assert [c.case_id for c in find_cases(data)[1]] == ["1PA042"]
+
+
+def test_split_is_by_patient_and_reproducible(phantom_data):
+    _, files = find_cases(phantom_data)
+    many = files * 5
+    many = [type(f)(f"P{i:02d}", f.folder, f.input, f.reference, f.mask, f.truth) for i, f in enumerate(many)]
+    train, val = split_cases(many, val_fraction=0.2, seed=3)
+    assert len(val) == 2 and not {c.case_id for c in train} & {c.case_id for c in val}
+    assert [c.case_id for c in split_cases(many, val_fraction=0.2, seed=3)[1]] == [c.case_id for c in val]
+    assert [c.case_id for c in split_cases(many, val_fraction=0.2, seed=0, val_cases=["P07"])[1]] == ["P07"]
+    with pytest.raises(InputError, match="P99"):
+        split_cases(many, val_fraction=0.2, seed=0, val_cases=["P99"])
+
+
+def test_crops_are_reproducible_and_inside_the_body(cases):
+    config = TrainingConfig.tiny()
+    dataset = SliceCropDataset(cases, 32, seed=7, augment=config.augment, reference_shift=2)
+    first = dataset[3]
+    assert set(first) == {"x", "y", "y_shifted"} and first["x"].shape == (1, 32, 32)
+    assert all(torch.equal(first[k], dataset[3][k]) for k in first)
+    dataset.set_epoch(1)
+    assert not torch.equal(first["x"], dataset[3]["x"])  # another epoch, another crop
+    assert float(first["y"].max()) > -0.9  # the crop holds body, not only air
+
+
+# --------------------------------------------------------------------------- config
+
+
+def test_config_file_overrides_a_preset_and_round_trips(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"preset": "tiny", "modality": "cbct", "stage1": {"epochs": 3}, "crop_size": 48}))
+    config = load_config(path)
+    assert (config.preset, config.modality, config.stage1.epochs, config.crop_size) == ("tiny", "cbct", 3, 48)
+    assert config.stage1.batch_size == TrainingConfig.tiny().stage1.batch_size
+    assert config.normalization["input"]["kind"] == "ct_window"  # follows the modality
+    assert TrainingConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    assert TrainingConfig.full().milestones(100) == [20, 30]
+    assert TrainingConfig.full().milestones(10) == [2, 3]
+    path.write_text(json.dumps({"stage1": {"epoch": 3}}))
+    with pytest.raises(InputError, match=r"config\.json: config\.stage1: unknown key 'epoch'"):
+        load_config(path)
+    with pytest.raises(InputError, match="crop_size must be a positive multiple of 16"):
+        TrainingConfig.tiny(crop_size=40)
