@@ -46,7 +46,8 @@ def oblique_case():
 
 
 def test_bone_label_table_follows_totalsegmentator_names():
-    assert BONE_LABELS == {1: "hip_left", 2: "hip_right", 3: "femur_left", 4: "femur_right", 5: "sacrum", 6: "vertebrae_L5"}
+    names = ("hip_left", "hip_right", "femur_left", "femur_right", "sacrum", "vertebrae_L5")
+    assert BONE_LABELS == dict(enumerate(names, start=1))
     assert set(BONE_COLORS) == set(BONE_LABELS)
     assert all(len(c) == 3 and all(0 <= v <= 1 for v in c) for c in BONE_COLORS.values())
     assert len(set(BONE_COLORS.values())) == len(BONE_COLORS)
@@ -166,7 +167,8 @@ def test_cortical_bone_is_dark_and_marrow_bright_in_mr_at_one_millimetre():
 
 
 def test_cbct_has_cylindrical_field_of_view_and_hu_errors(cbct_case):
-    cbct, ct, mask = array(cbct_case.input).astype(float), array(cbct_case.ct_aligned).astype(float), array(cbct_case.mask)
+    cbct, ct = array(cbct_case.input).astype(float), array(cbct_case.ct_aligned).astype(float)
+    mask = array(cbct_case.mask)
     acq = cbct_case.truth["acquisition"]["cbct"]
     spacing = cbct_case.input.GetSpacing()
     ny, nx = cbct.shape[1:]
@@ -192,11 +194,13 @@ def test_reference_is_misaligned_by_the_recorded_transform(mr_case):
     assert 0 < deformation["max_mm"] <= 10
     m = Misalignment(
         tuple(rigid["center_mm"]), tuple(rigid["rotation_deg"]), tuple(rigid["translation_mm"]),
-        tuple((*b["center_mm"], *b["amplitude_mm"], b["sigma_mm"]) for b in deformation["bumps"]), deformation["max_mm"],
+        tuple((*b["center_mm"], *b["amplitude_mm"], b["sigma_mm"]) for b in deformation["bumps"]),
+        deformation["max_mm"],
     )
     # Map every reference voxel into the input frame and read the truth there.
     ref_array = array(ref).astype(float)
-    index = np.stack(np.meshgrid(*(np.arange(n) for n in ref.GetSize()[::-1]), indexing="ij"), -1).reshape(-1, 3)[:, ::-1]
+    index = np.stack(np.meshgrid(*(np.arange(n) for n in ref.GetSize()[::-1]), indexing="ij"), -1)
+    index = index.reshape(-1, 3)[:, ::-1]  # (x, y, z) per voxel, image order
     d = np.asarray(ref.GetDirection()).reshape(3, 3)
     points = (np.asarray(ref.GetOrigin()) + (index * ref.GetSpacing()) @ d.T).astype(np.float32)
     q = np.stack(m(points[:, 0], points[:, 1], points[:, 2]), -1)
@@ -244,7 +248,8 @@ def test_sphere_and_capsule_distances_are_exact():
     radii = np.array([30.0, 10, 20])
     ellipsoid = shapes.Ellipsoid((0, 0, 0), radii)
     theta, phi = np.meshgrid(np.linspace(0, np.pi, 400), np.linspace(0, 2 * np.pi, 800), indexing="ij")
-    surface = np.stack([np.sin(theta) * np.cos(phi), np.sin(theta) * np.sin(phi), np.cos(theta)], -1).reshape(-1, 3) * radii
+    surface = np.stack([np.sin(theta) * np.cos(phi), np.sin(theta) * np.sin(phi), np.cos(theta)], -1)
+    surface = surface.reshape(-1, 3) * radii
     probes = np.stack([x, y, z], 1)[:2000]
     true = cKDTree(surface).query(probes)[0]
     estimate = ellipsoid(*probes.T)
@@ -261,7 +266,8 @@ def test_shape_boxes_hold_every_inside_point():
     for layer in layers:
         inside = points[layer.shape(*points.T) < 0]
         boxes = layer.shape.boxes
-        covered = np.all((inside[:, None] >= boxes[None, :, 0]) & (inside[:, None] <= boxes[None, :, 1]), axis=2).any(axis=1)
+        in_box = (inside[:, None] >= boxes[None, :, 0]) & (inside[:, None] <= boxes[None, :, 1])
+        covered = np.all(in_box, axis=2).any(axis=1)
         assert covered.all(), layer.name
 
 
@@ -306,7 +312,8 @@ def test_culling_gives_the_same_rendering_as_brute_force():
     tissues = sample_tissues(rng)
     coarse = NoiseField(rng, (-200, -170, -70), (200, 180, 140), 6.0)
     fine = NoiseField(rng, (-200, -170, -70), (200, 180, 140), 3.0)
-    grid = dataset.Grid((72, 56, 24), (5.0, 5.0, 6.0), (-180.0, -140.0, -50.0), tuple(dataset._rotation(rng, 5, 10).ravel()))
+    direction = tuple(dataset._rotation(rng, 5, 10).ravel())
+    grid = dataset.Grid((72, 56, 24), (5.0, 5.0, 6.0), (-180.0, -140.0, -50.0), direction)
     order = tile_order((24, 56, 72))
     x, y, z = (p[order] for p in grid.points())
     kwargs = dict(tissues=tissues, coarse=coarse, fine=fine, blur_mm=5.0)
@@ -350,7 +357,8 @@ def test_write_dataset_rejects_bad_case_count_before_writing(tmp_path):
 
 def test_cli_writes_the_synthrad_layout(tmp_path, capsys):
     out = tmp_path / "phantoms"
-    assert main(["phantom", "-o", str(out), "--cases", "2", "--seed", "7", "--modality", "cbct", "--size", "48", "40", "16"]) == 0
+    arguments = ["--cases", "2", "--seed", "7", "--modality", "cbct", "--size", "48", "40", "16"]
+    assert main(["phantom", "-o", str(out), *arguments]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["2PS0007", "2PS0008"]
     printed = capsys.readouterr().out
     assert str(out / "2PS0007") in printed and "wrote 2 cbct case(s)" in printed

@@ -5,18 +5,19 @@ from __future__ import annotations
 import argparse
 import time
 
+from ..bone_labels import BONE_LABELS
+
 __all__ = ["add_parser", "run"]
 
-DESCRIPTION = """\
+DESCRIPTION = f"""\
 Generate synthetic pelvis phantoms with ground truth, in the SynthRAD2023 layout:
 DIR/<ID>/mr.nii.gz (or cbct.nii.gz) is the input; ct.nii.gz the reference CT of the
 same phantom patient, misaligned (rigid + smooth deformation, other bladder filling
 and rectal gas) on its own grid; mask.nii.gz the body mask of the input. The truth
 is on the input grid: ct_aligned.nii.gz (CT of the input's anatomy, HU) and
-bones.nii.gz (bone labels: 1 hip_left, 2 hip_right, 3 femur_left, 4 femur_right,
-5 sacrum, 6 vertebrae_L5). phantom.json holds the seed and the true misalignment.
-Case i uses seed S+i and is named 1PS<seed> (MR) or 2PS<seed> (CBCT); the same seed
-always gives the same images.
+bones.nii.gz (bone labels: {", ".join(f"{v} {n}" for v, n in BONE_LABELS.items())}).
+phantom.json holds the seed and the true misalignment. Case i uses seed S+i and is
+named 1PS<seed> (MR) or 2PS<seed> (CBCT); the same seed always gives the same images.
 """
 
 

@@ -14,4 +14,12 @@ from __future__ import annotations
 
 from .dataset import MODALITIES, PHANTOM_VERSION, PhantomCase, case_id, generate_case, write_case, write_phantom_dataset
 
-__all__ = ["MODALITIES", "PHANTOM_VERSION", "PhantomCase", "case_id", "generate_case", "write_case", "write_phantom_dataset"]
+__all__ = [
+    "MODALITIES",
+    "PHANTOM_VERSION",
+    "PhantomCase",
+    "case_id",
+    "generate_case",
+    "write_case",
+    "write_phantom_dataset",
+]

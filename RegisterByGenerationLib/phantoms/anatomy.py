@@ -22,10 +22,31 @@ import numpy as np
 
 from ..bone_labels import label_of
 from .render import Layer
-from .shapes import Arc, Capsule, Contour, Ellipsoid, HalfSpace, Intersect, Mirror, Offset, Shape, Subtract, SweptEllipse, Union
+from .shapes import (
+    Arc,
+    Capsule,
+    Contour,
+    Ellipsoid,
+    HalfSpace,
+    Intersect,
+    Mirror,
+    Offset,
+    Shape,
+    Subtract,
+    SweptEllipse,
+    Union,
+)
 
 __all__ = [
-    "Patient", "OrganState", "GasPocket", "sample_patient", "sample_state", "build_layers", "body_outline", "organic_warp", "Z_RANGE",
+    "Patient",
+    "OrganState",
+    "GasPocket",
+    "sample_patient",
+    "sample_state",
+    "build_layers",
+    "body_outline",
+    "organic_warp",
+    "Z_RANGE",
 ]
 
 #: Anatomy z range (mm) an image slab should stay within: femoral necks to the L5 body.
@@ -83,13 +104,13 @@ def sample_patient(rng: np.random.Generator) -> Patient:
             float(rng.uniform(10, 40)), float(rng.uniform(10, 16)), float(rng.uniform(0, 180)),
         ))
     return Patient(
-        scale=(float(s * rng.uniform(0.96, 1.04)), float(s * rng.uniform(0.95, 1.05)), float(s * rng.uniform(0.97, 1.03))),
+        scale=tuple(float(s * rng.uniform(1 - spread, 1 + spread)) for spread in (0.04, 0.05, 0.03)),
         fat_side=float(rng.uniform(8, 32)),
         fat_front=float(rng.uniform(10, 38)),
         fat_back=float(rng.uniform(10, 36)),
         belly=float(rng.uniform(0, 25)),
         muscle_bulk=float(rng.uniform(0.85, 1.15)),
-        wobble=tuple((float(k), float(rng.uniform(-0.025, 0.025)), float(rng.uniform(0, 2 * np.pi))) for k in (2, 3, 4)),
+        wobble=tuple((k, float(rng.uniform(-0.025, 0.025)), float(rng.uniform(0, 2 * np.pi))) for k in (2.0, 3.0, 4.0)),
         wing_flare=float(rng.uniform(-8, 10)),
         sacral_curve=float(rng.uniform(-6, 8)),
         neck_angle=float(rng.uniform(-6, 6)),
@@ -107,11 +128,14 @@ def _sample_warp(rng: np.random.Generator) -> list[tuple[float, ...]]:
         for _ in range(3):
             direction = rng.standard_normal(3)
             k = direction / np.linalg.norm(direction) * 2 * np.pi / rng.uniform(50, 100)
-            waves.append((float(axis), float(rng.uniform(0.6, 1.4)), *(float(v) for v in k), float(rng.uniform(0, 2 * np.pi))))
+            amplitude, phase = rng.uniform(0.6, 1.4), rng.uniform(0, 2 * np.pi)
+            waves.append((float(axis), float(amplitude), *(float(v) for v in k), float(phase)))
     return waves
 
 
-def organic_warp(patient: Patient, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def organic_warp(
+    patient: Patient, x: np.ndarray, y: np.ndarray, z: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Displace anatomy-space points by a smooth patient-specific field of a few mm.
 
     The shapes are drawn as ellipses and arcs; evaluating them at warped points makes
@@ -121,7 +145,8 @@ def organic_warp(patient: Patient, x: np.ndarray, y: np.ndarray, z: np.ndarray) 
     """
     out = [x.copy(), y.copy(), z.copy()]
     for axis, amplitude, kx, ky, kz, phase in patient.warp:
-        out[int(axis)] += np.float32(amplitude) * np.sin(np.float32(kx) * x + np.float32(ky) * y + np.float32(kz) * z + np.float32(phase))
+        argument = np.float32(kx) * x + np.float32(ky) * y + np.float32(kz) * z + np.float32(phase)
+        out[int(axis)] += np.float32(amplitude) * np.sin(argument)
     return out[0], out[1], out[2]
 
 
@@ -194,7 +219,9 @@ _WING = np.array([
 ])
 
 
-def _wing_rows(flare: float, offset: float = 0.0, thickness: float | None = None, span: tuple[float, float] = (0.0, 1.0)) -> list[tuple]:
+def _wing_rows(
+    flare: float, offset: float = 0.0, thickness: float | None = None, span: tuple[float, float] = (0.0, 1.0)
+) -> list[tuple]:
     """Arc keys of the iliac wing (``offset``/``thickness`` None) or of a muscle lining it.
 
     ``offset`` moves the band from the wing's mid-line (+ posterolateral), ``thickness``
@@ -221,7 +248,9 @@ def body_outline(patient: Patient) -> tuple[Contour, Contour]:
         [60.0, 150, 94, 106],
         [140.0, 146, 100, 110],
     ])
-    keys_inner = np.column_stack([inner[:, 0] * f[2], np.zeros(len(inner)), inner[:, 1] * f[0], inner[:, 2] * f[1], inner[:, 3] * f[1]])
+    keys_inner = np.column_stack(
+        [inner[:, 0] * f[2], np.zeros(len(inner)), inner[:, 1] * f[0], inner[:, 2] * f[1], inner[:, 3] * f[1]]
+    )
     z = keys_inner[:, 0]
     belly = patient.belly * np.clip((z - 10) / 80, 0, 1)
     keys_body = keys_inner.copy()
@@ -284,9 +313,11 @@ def _muscles(fr: _Frame, patient: Patient, inner: Contour) -> list[tuple[str, Sh
                        (45, 52, -15, 19, 17), (75, 40, 8, 18, 17), (130, 34, 22, 17, 16)]),
         "obturator_internus": tube([(-42, 38, 22, 7, 22, 5), (-10, 36, 10, 8, 30, 5), (16, 40, 4, 7, 24, 0)]),
         "piriformis": tube([(22, 92, 52, 14, 8, -25), (40, 70, 60, 18, 10, -10), (58, 38, 60, 12, 10, 0)]),
-        "erector_spinae": tube([(15, 12, 92, 10, 7), (45, 20, 94, 20, 12), (75, 26, 94, 24, 16), (130, 34, 88, 28, 20)]),
+        "erector_spinae": tube([(15, 12, 92, 10, 7), (45, 20, 94, 20, 12), (75, 26, 94, 24, 16),
+                                (130, 34, 88, 28, 20)]),
         "sartorius": tube([(-90, 112, -76, 12, 8), (-15, 124, -68, 11, 8), (30, 126, -56, 8, 7)]),
-        "tensor_fasciae_latae": tube([(-90, 146, -30, 10, 20, 25), (-10, 145, -36, 10, 18, 25), (25, 134, -44, 7, 10, 25)]),
+        "tensor_fasciae_latae": tube([(-90, 146, -30, 10, 20, 25), (-10, 145, -36, 10, 18, 25),
+                                      (25, 134, -44, 7, 10, 25)]),
         "rectus_femoris": tube([(-90, 110, -52, 16, 12), (-15, 104, -56, 12, 10), (5, 98, -50, 8, 8)]),
         "vastus": tube([(-90, 130, 2, 30, 36), (-32, 132, 4, 22, 28)]),
         "adductors": tube([(-90, 52, -32, 26, 26, 30), (-25, 48, -40, 20, 16, 30), (-8, 45, -48, 12, 9, 20)]),
@@ -300,9 +331,12 @@ def _muscles(fr: _Frame, patient: Patient, inner: Contour) -> list[tuple[str, Sh
     front, half = np.interp(zs, keys[:, 0], keys[:, 3]), np.interp(zs, keys[:, 0], keys[:, 2])
     widen = np.clip(zs / fr.f[2] + 20, 0, None)  # the rectus sheath widens upwards
     left["rectus_abdominis"] = SweptEllipse([
-        (z, (8 + 0.12 * w) * fr.f[0], -(fy - 7), (10 + 0.15 * w) * fr.f[0], 6.5) for z, w, fy in zip(zs, widen, front, strict=True)
+        (z, (8 + 0.12 * w) * fr.f[0], -(fy - 7), (10 + 0.15 * w) * fr.f[0], 6.5)
+        for z, w, fy in zip(zs, widen, front, strict=True)
     ])
-    left["obliques"] = Arc([(z, 0, 0, h - 9, fy - 9, -70, 15, 8, 13, 10, 0) for z, h, fy in zip(zs[2:], half[2:], front[2:], strict=True)])
+    left["obliques"] = Arc([
+        (z, 0, 0, h - 9, fy - 9, -70, 15, 8, 13, 10, 0) for z, h, fy in zip(zs[2:], half[2:], front[2:], strict=True)
+    ])
     out = []
     for name, shape in left.items():
         if name == "levator_ani":
@@ -324,8 +358,11 @@ def _vessels(fr: _Frame) -> list[Layer]:
 
 def _rectum(fr: _Frame, width: float) -> SweptEllipse:
     w = width
-    return fr.tube([(-90, 0, 36, 9, 8), (-32, 0, 28, 12 * w, 11 * w), (-15, 0, 27, 15 * w, 14 * w), (5, 0, 31, 17 * w, 15 * w),
-                    (25, 2, 37, 18 * w, 16 * w), (45, 6, 37, 17 * w, 15 * w), (60, 14, 28, 15 * w, 13 * w), (72, 32, 10, 13 * w, 12 * w)])
+    return fr.tube([
+        (-90, 0, 36, 9, 8), (-32, 0, 28, 12 * w, 11 * w), (-15, 0, 27, 15 * w, 14 * w),
+        (5, 0, 31, 17 * w, 15 * w), (25, 2, 37, 18 * w, 16 * w), (45, 6, 37, 17 * w, 15 * w),
+        (60, 14, 28, 15 * w, 13 * w), (72, 32, 10, 13 * w, 12 * w),
+    ])
 
 
 def _pelvic_organs(fr: _Frame, patient: Patient, state: OrganState) -> list[Layer]:
@@ -418,7 +455,10 @@ def _spinal_canal(fr: _Frame) -> Shape:
 
 def _spine(fr: _Frame) -> tuple[Shape, Shape, Shape]:
     """L5, L4 (above the slab an input covers; drawn for the taller reference CT), and the discs."""
-    discs = Union([fr.tube([(74, 0, 37, 27, 18), (82, 0, 35, 28, 19)]), fr.tube([(106, 0, 33, 27, 19), (114, 0, 33, 27, 19)])])
+    discs = Union([
+        fr.tube([(74, 0, 37, 27, 18), (82, 0, 35, 28, 19)]),
+        fr.tube([(106, 0, 33, 27, 19), (114, 0, 33, 27, 19)]),
+    ])
     return _vertebra(fr, 82), _vertebra(fr, 114), discs
 
 

@@ -108,7 +108,9 @@ def sample_tissues(rng: np.random.Generator) -> dict[str, Tissue]:
     return out
 
 
-def correlated_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float, correlation_px: float) -> np.ndarray:
+def correlated_noise(
+    rng: np.random.Generator, shape: tuple[int, ...], sigma: float, correlation_px: float
+) -> np.ndarray:
     """Gaussian noise of standard deviation ``sigma`` blurred in-plane over ``correlation_px`` voxels.
 
     ``shape`` is ``(z, y, x)``; the blur acts on y and x only (reconstruction kernels are 2D).
@@ -147,7 +149,9 @@ def sample_mr_acquisition(rng: np.random.Generator) -> MRAcquisition:
     return MRAcquisition(tuple(float(c) for c in coefficients * strength), float(rng.uniform(10.0, 22.0)))
 
 
-def apply_mr(signal: np.ndarray, grid_uvw: tuple[np.ndarray, ...], acquisition: MRAcquisition, rng: np.random.Generator) -> np.ndarray:
+def apply_mr(
+    signal: np.ndarray, grid_uvw: tuple[np.ndarray, ...], acquisition: MRAcquisition, rng: np.random.Generator
+) -> np.ndarray:
     """Bias field and Rician noise on a clean T1 signal.
 
     Args:
@@ -162,7 +166,8 @@ def apply_mr(signal: np.ndarray, grid_uvw: tuple[np.ndarray, ...], acquisition: 
     """
     u, v, w = grid_uvw
     c = np.asarray(acquisition.bias_coefficients, np.float32)
-    log_bias = c[1] * u + c[2] * v + c[3] * w + c[4] * u * u + c[5] * v * v + c[6] * w * w + c[7] * u * v + c[8] * u * w + c[9] * v * w
+    log_bias = c[1] * u + c[2] * v + c[3] * w + c[4] * u * u + c[5] * v * v + c[6] * w * w
+    log_bias = log_bias + c[7] * u * v + c[8] * u * w + c[9] * v * w
     biased = signal * np.exp(log_bias).astype(np.float32)
     sigma = np.float32(acquisition.noise_sigma)
     real = biased + sigma * rng.standard_normal(signal.shape, dtype=np.float32)
@@ -219,25 +224,28 @@ def sample_cbct_acquisition(
     """
     ex, ey, ez = extent_mm
     center = (ex / 2 + rng.uniform(-5, 5), ey / 2 + rng.uniform(-5, 5))
-    radius = min(body_half_width * rng.uniform(0.92, 1.06), 0.5 * min(ex, ey) * 1.2)
-    shading = tuple(
-        (float(rng.uniform(10, 35)), *(float(k) for k in rng.uniform(-1, 1, 3) * 2 * np.pi / np.array([ex, ey, ez]) * 0.8), float(rng.uniform(0, 2 * np.pi)))
-        for _ in range(3)
-    )
-    streaks = []
+    radius = min(body_half_width * rng.uniform(0.92, 1.06), 0.6 * min(ex, ey))
+    shading = []
+    for _ in range(3):
+        wave = rng.uniform(-1, 1, 3) * 1.6 * np.pi / np.array([ex, ey, ez])  # at most 0.8 periods over the grid
+        shading.append((rng.uniform(10, 35), *wave, rng.uniform(0, 2 * np.pi)))
     a, b = dense_pair
-    angle = np.degrees(np.arctan2(b[1] - a[1], b[0] - a[0]))
     mid = (a + b) / 2
-    streaks.append((mid[0], mid[1], angle, mid[2], dense_half_height, rng.uniform(4, 7), -rng.uniform(50, 120), np.linalg.norm(b - a) / 2))
+    angle = np.degrees(np.arctan2(b[1] - a[1], b[0] - a[0]))
+    half_length = np.linalg.norm(b - a) / 2
+    width, amplitude = rng.uniform(4, 7), -rng.uniform(50, 120)
+    streaks = [(mid[0], mid[1], angle, mid[2], dense_half_height, width, amplitude, half_length)]
     for _ in range(int(rng.integers(2, 5))):
-        origin = gas_points[int(rng.integers(len(gas_points)))] if gas_points else np.array([center[0], center[1], ez / 2])
-        streaks.append((origin[0], origin[1], rng.uniform(-180, 180), origin[2], rng.uniform(4, 12), rng.uniform(1.5, 3.5), rng.choice([-1, 1]) * rng.uniform(25, 70), rng.uniform(60, 160)))
+        start = gas_points[int(rng.integers(len(gas_points)))] if gas_points else np.array([*center, ez / 2])
+        sign = rng.choice([-1, 1])
+        streaks.append((start[0], start[1], rng.uniform(-180, 180), start[2], rng.uniform(4, 12), rng.uniform(1.5, 3.5),
+                        sign * rng.uniform(25, 70), rng.uniform(60, 160)))
     return CBCTAcquisition(
         scale=float(rng.uniform(0.9, 1.1)),
         offset=float(rng.uniform(-70, 70)),
         cupping=float(rng.uniform(30, 90)),
-        shading=shading,
-        streaks=tuple(tuple(float(v) for v in s) for s in streaks),
+        shading=tuple(tuple(float(v) for v in row) for row in shading),
+        streaks=tuple(tuple(float(v) for v in row) for row in streaks),
         noise_sigma=float(rng.uniform(25, 45)),
         noise_correlation_px=float(rng.uniform(0.6, 1.0)),
         fov_center=(float(center[0]), float(center[1])),
@@ -246,7 +254,11 @@ def sample_cbct_acquisition(
 
 
 def apply_cbct(
-    ct: np.ndarray, grid_xyz: tuple[np.ndarray, ...], body: np.ndarray, acquisition: CBCTAcquisition, rng: np.random.Generator
+    ct: np.ndarray,
+    grid_xyz: tuple[np.ndarray, ...],
+    body: np.ndarray,
+    acquisition: CBCTAcquisition,
+    rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Turn a clean CT (HU) into a CBCT-like image.
 
@@ -273,7 +285,8 @@ def apply_cbct(
         c, s = np.cos(np.radians(angle)), np.sin(np.radians(angle))
         along = (gx - x0) * c + (gy - y0) * s
         across = -(gx - x0) * s + (gy - y0) * c
-        profile = np.exp(-0.5 * (across / np.float32(width)) ** 2) * np.exp(-0.5 * (along / np.float32(half_length)) ** 4)
+        profile = np.exp(-0.5 * (across / np.float32(width)) ** 2)
+        profile *= np.exp(-0.5 * (along / np.float32(half_length)) ** 4)
         slab = np.clip(1 - np.abs(gz - z0) / np.float32(z_half), 0, 1)
         artefact += np.float32(amplitude) * (profile * slab).astype(np.float32)
     cbct = np.float32(acq.scale) * ct + np.float32(acq.offset) + artefact * body

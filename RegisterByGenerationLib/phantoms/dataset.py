@@ -35,11 +35,27 @@ from .. import __version__
 from ..errors import InputError
 from ..io import atomic_path, check_writable_dir, write_image
 from . import anatomy as anat
-from .contrast import apply_cbct, apply_mr, correlated_noise, sample_cbct_acquisition, sample_mr_acquisition, sample_tissues
+from .contrast import (
+    apply_cbct,
+    apply_mr,
+    correlated_noise,
+    sample_cbct_acquisition,
+    sample_mr_acquisition,
+    sample_tissues,
+)
 from .deformation import Misalignment, sample_misalignment
 from .render import NoiseField, render, tile_order
 
-__all__ = ["PHANTOM_VERSION", "MODALITIES", "PhantomCase", "Grid", "case_id", "generate_case", "write_case", "write_phantom_dataset"]
+__all__ = [
+    "PHANTOM_VERSION",
+    "MODALITIES",
+    "PhantomCase",
+    "Grid",
+    "case_id",
+    "generate_case",
+    "write_case",
+    "write_phantom_dataset",
+]
 
 #: Version of the generator; bump it whenever the same seed would give other images.
 PHANTOM_VERSION = "1.0"
@@ -149,7 +165,12 @@ def _rotation(rng: np.random.Generator, low: float, high: float) -> np.ndarray:
 
 def _grid(center: np.ndarray, size, spacing, direction: np.ndarray) -> Grid:
     half = direction @ (np.asarray(spacing) * (np.asarray(size) - 1) / 2)
-    return Grid(tuple(size), tuple(float(s) for s in spacing), tuple(float(v) for v in center - half), tuple(float(v) for v in direction.ravel()))
+    return Grid(
+        tuple(int(n) for n in size),
+        tuple(float(s) for s in spacing),
+        tuple(float(v) for v in center - half),
+        tuple(float(v) for v in direction.ravel()),
+    )
 
 
 def _sample_grids(rng, patient: anat.Patient, size, oblique: bool, table: np.ndarray) -> tuple[Grid, Grid]:
@@ -179,7 +200,7 @@ def _sample_grids(rng, patient: anat.Patient, size, oblique: bool, table: np.nda
     ref_size = np.maximum(np.ceil(extent / ref_spacing).astype(int), 8)
     ref_center = np.array([center[0] + rng.uniform(-8, 8), center[1] + rng.uniform(-8, 8), (ref_lo + ref_hi) / 2])
     ref_direction = _rotation(rng, 2, 5) if oblique else np.eye(3)
-    grid_ref = _grid(ref_center + table, tuple(int(v) for v in ref_size), tuple(round(float(s), 4) for s in ref_spacing), ref_direction)
+    grid_ref = _grid(ref_center + table, ref_size, [round(float(s), 4) for s in ref_spacing], ref_direction)
     return grid_in, grid_ref
 
 
@@ -208,14 +229,16 @@ def _plan(seed: int, size: tuple[int, int, int], oblique: bool) -> _Plan:
     table = np.array([rng.uniform(-25, 25), rng.uniform(-40, 40), rng.uniform(-250, 50)])
     grid_in, grid_ref = _sample_grids(rng, patient, size, oblique, table)
     f = np.asarray(patient.scale)
-    misalignment = sample_misalignment(
-        rng, table + np.array([0.0, 10.0, 30.0]) * f, table + np.array([-110, -80, -40]) * f, table + np.array([110, 90, 100]) * f
-    )
+    # Rotation about the middle of the pelvis; bumps over the pelvis (input frame, mm).
+    center, lo, hi = (table + np.array(v) * f for v in ((0.0, 10, 30), (-110.0, -80, -40), (110.0, 90, 100)))
+    misalignment = sample_misalignment(rng, center, lo, hi)
     ct_noise_hu = float(rng.uniform(10, 20))
     # Texture fields over the body (anatomy space); beyond, they repeat their border (air there).
     coarse = NoiseField(rng, (-210.0, -170, -70), (210.0, 180, 140), 6.0, smooth=1.0)
     fine = NoiseField(rng, (-210.0, -170, -70), (210.0, 180, 140), 2.0, smooth=0.7)
-    return _Plan(patient, state_in, state_ref, tissues, table, grid_in, grid_ref, misalignment, ct_noise_hu, coarse, fine)
+    return _Plan(
+        patient, state_in, state_ref, tissues, table, grid_in, grid_ref, misalignment, ct_noise_hu, coarse, fine
+    )
 
 
 def _scan(plan: _Plan, grid: Grid, state: anat.OrganState, channels: tuple[str, ...], moved: bool):
@@ -265,7 +288,7 @@ def generate_case(seed: int, modality: str, size: Sequence[int] = DEFAULT_SIZE, 
         mr_acq = sample_mr_acquisition(acquisition_rng)
         image = apply_mr(seen.mr.reshape(shape), uvw, mr_acq, noise_rng)
         acquisition = {"mr": asdict(mr_acq)}
-    else:
+    elif modality == "cbct":
         f = np.asarray(plan.patient.scale)
         heads = [grid_in.to_grid_frame(plan.table + np.array([side * 84.0, 0, 0]) * f) for side in (1, -1)]
         gas = [grid_in.to_grid_frame(plan.table + np.array([0, 30, p.z]) * f) for p in plan.state_in.gas]
@@ -277,6 +300,8 @@ def generate_case(seed: int, modality: str, size: Sequence[int] = DEFAULT_SIZE, 
         image = _to_int16(image)
         mask &= fov
         acquisition = {"cbct": asdict(cbct_acq)}
+    else:  # _check_modality lets nothing else through
+        raise InputError(f"modality: must be one of {', '.join(MODALITIES)}, got {modality!r}")
 
     ref = _scan(plan, grid_ref, plan.state_ref, ("ct",), moved=True)
     ref_shape = grid_ref.size[::-1]
@@ -293,7 +318,9 @@ def generate_case(seed: int, modality: str, size: Sequence[int] = DEFAULT_SIZE, 
         "library_version": __version__,
         "frame": "LPS mm; the input frame is the physical space of the input, ct_aligned, mask and bones",
         "misalignment": _misalignment_json(plan.misalignment),
-        "bladder": _organ_json("bladder", plan.state_in.bladder_fill, plan.state_ref.bladder_fill, seen.counts, ref.counts, ml_in, ml_ref),
+        "bladder": _organ_json(
+            "bladder", plan.state_in.bladder_fill, plan.state_ref.bladder_fill, seen.counts, ref.counts, ml_in, ml_ref
+        ),
         "rectal_gas": _gas_json(plan.state_in, plan.state_ref, seen.counts, ref.counts, ml_in, ml_ref),
         "reference_ct_noise_hu": plan.ct_noise_hu,
         "acquisition": acquisition,
@@ -334,6 +361,7 @@ def _misalignment_json(m: Misalignment) -> dict:
     }
 
 
+# Volumes count the voxels each image holds (an organ cut by the field of view counts in part).
 def _organ_json(name, fill_in, fill_ref, counts_in, counts_ref, ml_in, ml_ref) -> dict:
     volume_in, volume_ref = counts_in[name] * ml_in, counts_ref[name] * ml_ref
     return {"fill_input": fill_in, "fill_reference": fill_ref, "volume_ml_input": volume_in,
@@ -343,7 +371,7 @@ def _organ_json(name, fill_in, fill_ref, counts_in, counts_ref, ml_in, ml_ref) -
 def _gas_json(state_in, state_ref, counts_in, counts_ref, ml_in, ml_ref) -> dict:
     gas_in = sum(v for k, v in counts_in.items() if k.startswith("rectal_gas")) * ml_in
     gas_ref = sum(v for k, v in counts_ref.items() if k.startswith("rectal_gas")) * ml_ref
-    return {"pockets_input": [asdict(p) for p in state_in.gas], "pockets_reference": [asdict(p) for p in state_ref.gas],
+    return {"pockets_input": len(state_in.gas), "pockets_reference": len(state_ref.gas),
             "volume_ml_input": gas_in, "volume_ml_reference": gas_ref, "change_ml": gas_in - gas_ref}
 
 

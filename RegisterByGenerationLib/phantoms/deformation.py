@@ -54,7 +54,8 @@ class Misalignment:
         """The displacement of ``D`` at input-frame points (float32 arrays, mm)."""
         dx, dy, dz = (np.zeros(x.shape, np.float32) for _ in range(3))
         for cx, cy, cz, ax, ay, az, sigma in self.bumps:
-            weight = np.exp(((x - np.float32(cx)) ** 2 + (y - np.float32(cy)) ** 2 + (z - np.float32(cz)) ** 2) * np.float32(-0.5 / sigma**2))
+            squared = (x - np.float32(cx)) ** 2 + (y - np.float32(cy)) ** 2 + (z - np.float32(cz)) ** 2
+            weight = np.exp(squared * np.float32(-0.5 / sigma**2))
             dx += np.float32(ax) * weight
             dy += np.float32(ay) * weight
             dz += np.float32(az) * weight

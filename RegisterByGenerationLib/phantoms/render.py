@@ -61,7 +61,9 @@ class NoiseField:
         smooth: Gaussian blur of the white-noise lattice, in cells.
     """
 
-    def __init__(self, rng: np.random.Generator, lo: Sequence[float], hi: Sequence[float], cell_mm: float, smooth: float = 1.0):
+    def __init__(
+        self, rng: np.random.Generator, lo: Sequence[float], hi: Sequence[float], cell_mm: float, smooth: float = 1.0
+    ):
         if cell_mm <= 0:
             raise ValueError(f"cell_mm must be positive, got {cell_mm}")
         self.lo = np.asarray(lo, np.float32)

@@ -113,7 +113,9 @@ class Shape:
         self.hi = np.asarray(hi, dtype=np.float64)
         if np.any(self.hi < self.lo):
             raise ValueError(f"{type(self).__name__}: empty bounding box lo={self.lo}, hi={self.hi}")
-        self.boxes = np.stack([self.lo, self.hi])[None] if boxes is None else np.asarray(boxes, np.float64).reshape(-1, 2, 3)
+        if boxes is None:
+            boxes = np.stack([self.lo, self.hi])[None]
+        self.boxes = np.asarray(boxes, np.float64).reshape(-1, 2, 3)
 
     def evaluate(self, x: np.ndarray, y: np.ndarray, z: np.ndarray, margin: float) -> np.ndarray:
         """Distance at every point; :data:`FAR` beyond the bounding box grown by ``margin`` mm."""
@@ -144,7 +146,10 @@ class Ellipsoid(Shape):
         for a, b in zip(edges[:-1], edges[1:], strict=True):
             nearest = 0.0 if a < 0 < b else min(abs(a), abs(b))
             reach = self.r[:2] * np.sqrt(1 - nearest**2)
-            boxes.append([(*(self.c[:2] - reach), self.c[2] + a * self.r[2]), (*(self.c[:2] + reach), self.c[2] + b * self.r[2])])
+            boxes.append([
+                (*(self.c[:2] - reach), self.c[2] + a * self.r[2]),
+                (*(self.c[:2] + reach), self.c[2] + b * self.r[2]),
+            ])
         _from_boxes(self, boxes)
 
     def __call__(self, x, y, z):
@@ -168,7 +173,8 @@ class Capsule(Shape):
             raise ValueError(f"radii must be positive, got {ra}, {rb}")
         r = float(max(self.ra, self.rb))
         ends = self.a[None] + np.linspace(0, 1, 5)[:, None] * (self.b - self.a)[None]
-        _from_boxes(self, [[np.minimum(p, q) - r, np.maximum(p, q) + r] for p, q in zip(ends[:-1], ends[1:], strict=True)])
+        pieces = zip(ends[:-1], ends[1:], strict=True)
+        _from_boxes(self, [[np.minimum(p, q) - r, np.maximum(p, q) + r] for p, q in pieces])
 
     def __call__(self, x, y, z):
         ab = self.b - self.a
@@ -235,7 +241,8 @@ class Arc(Shape):
         boxes = []
         for z0, z1 in zip(k[:-1, 0], k[1:, 0], strict=True):
             zs = np.linspace(z0, z1, 9)
-            cx, cy, rx, ry, th0, th1, t0, tm, t1, offset = (np.interp(zs, k[:, 0], k[:, j])[:, None] for j in range(1, 11))
+            columns = (np.interp(zs, k[:, 0], k[:, j])[:, None] for j in range(1, 11))
+            cx, cy, rx, ry, th0, th1, t0, tm, t1, offset = columns
             theta = np.deg2rad(th0 + (th1 - th0) * np.linspace(0, 1, 64)[None, :])
             radius = np.sqrt((rx * np.cos(theta)) ** 2 + (ry * np.sin(theta)) ** 2)
             scale = 1 + offset / radius
@@ -243,7 +250,8 @@ class Arc(Shape):
             # Between samples the mid-line bows by at most r * (1 - cos(step / 2)) and moves by
             # at most one z step's change; add those and half the thickness.
             step = np.max(np.abs(np.diff(px, axis=0)), initial=0) + np.max(np.abs(np.diff(py, axis=0)), initial=0)
-            grow = np.max(np.maximum(np.maximum(t0, tm), t1)) / 2 + np.max(rx + ry) * (1 - np.cos(np.pi / 63)) + step + 1
+            bow = np.max(rx + ry) * (1 - np.cos(np.pi / 63))
+            grow = np.max(np.maximum(np.maximum(t0, tm), t1)) / 2 + bow + step + 1
             boxes.append([(px.min() - grow, py.min() - grow, z0), (px.max() + grow, py.max() + grow, z1)])
         _from_boxes(self, boxes)
 
