@@ -121,6 +121,14 @@ def test_default_grid_is_realistic_and_holds_the_body():
     assert np.all(lo[:2] < body.lo[:2]) and np.all(hi[:2] > body.hi[:2])
 
 
+@pytest.mark.parametrize(("seed", "oblique"), [(0, False), (11, True), (23, True)])
+def test_body_fits_in_both_fields_of_view(seed, oblique):
+    case = generate_case(seed, "mr", size=(48, 40, 16), oblique=oblique)
+    for body in (array(case.mask) > 0, array(case.reference_ct) > -500):
+        assert body.any()
+        assert not body[:, [0, -1], :].any() and not body[:, :, [0, -1]].any()
+
+
 # ---------------------------------------------------------------- truth consistency
 
 
