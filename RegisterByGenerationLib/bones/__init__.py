@@ -25,7 +25,7 @@ import SimpleITK as sitk
 from ..bone_labels import BONE_LABELS
 from .segfile import BONE_FILES, BONE_TERMINOLOGY, bone_segmentation, write_bone_outputs
 from .threshold import ThresholdSettings, threshold_bones
-from .totalsegmentator import check_totalsegmentator, run_totalsegmentator, totalsegmentator_status
+from .totalsegmentator import run_totalsegmentator, totalsegmentator_status
 
 __all__ = [
     "METHODS",
@@ -104,7 +104,6 @@ def segment_bones(pseudo_ct: sitk.Image, method: str = "auto", *, device: Any = 
             labels, details = threshold_bones(pseudo_ct)
             return BoneResult(labels, "threshold", note=reason, details=details)
     if method == "totalsegmentator":
-        check_totalsegmentator(fast)
         labels = run_totalsegmentator(pseudo_ct, device=device, fast=fast)
         return BoneResult(labels, "totalsegmentator", details={"fast": bool(fast)})
     elif method == "threshold":

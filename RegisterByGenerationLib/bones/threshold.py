@@ -24,9 +24,10 @@ LPS coordinates, so flipped or permuted directions give the same anatomy):
    negated, lightly smoothed HU: each voxel joins the seed it reaches along the densest
    path, so neighbouring bones meet where bone is least dense: joint spaces, discs.
 
-Measured against the phantoms' truth (``Testing/test_bones.py``): Dice 0.80-0.94 for
-the hips, femurs, sacrum and L5 at 1.5-2 mm pixels; at 3 mm the hip joint space is
-lost to partial volume and part of the acetabulum goes to the femur (Dice 0.6-0.8).
+Measured against the phantoms' truth (``Testing/test_bones.py``), Dice per bone: 0.86-0.94
+at 1.6 mm pixels, 0.70-0.87 at 2.1-2.3 mm (overall bone 0.90-0.93); at 3 mm the hip
+joint space is lost to partial volume and part of the acetabulum goes to the femur
+(femurs 0.68-0.72).
 
 What it cannot do: tell bone from contrast-filled vessels or bowel and from metal (above
 the threshold they count as bone, and touching a bone they join it); separate the
