@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -177,9 +178,22 @@ def same_geometry(a: sitk.Image, b: sitk.Image, tolerance: float = 1e-6) -> bool
 
 
 def _first_line(message: str) -> str:
-    """ITK errors are multi-line with file/line noise; keep the most telling line."""
-    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
-    for line in reversed(lines):
-        if ":" in line and not line.startswith(("/", "sitk::ERROR")):
-            return line.split(": ", 1)[-1] if line.count(":") > 2 else line
-    return lines[-1] if lines else "unknown error"
+    """ITK errors are multi-line with file/line noise; keep the most telling line.
+
+    The first line that is not a source location, without ITK's prefixes; when it only
+    introduces details (ends with ":"), the last, most specific line instead.
+    """
+    lines = []
+    for line in message.strip().splitlines():
+        line = _ITK_PREFIX.sub("", line.strip()).strip()
+        if line and not _SOURCE_LOCATION.search(line):
+            lines.append(line)
+    if not lines:
+        return "unknown error"
+    return lines[-1] if lines[0].endswith(":") else lines[0]
+
+
+#: "Exception thrown in SimpleITK X: ", "sitk::ERROR: ", "ITK ERROR: NrrdImageIO(0x55...): ".
+_ITK_PREFIX = re.compile(r"^(Exception thrown in SimpleITK \w+: |(sitk|itk)::ERROR: |ITK ERROR: |\w+\(0x[0-9a-fA-F]+\): )+")
+#: A C++ source location such as "/tmp/ITK/.../itkImageBase.hxx:77:".
+_SOURCE_LOCATION = re.compile(r"\.(cxx|hxx|cpp|h|txx):\d+:?$")
