@@ -105,10 +105,10 @@ def sample_patient(rng: np.random.Generator) -> Patient:
         ))
     return Patient(
         scale=tuple(float(s * rng.uniform(1 - spread, 1 + spread)) for spread in (0.04, 0.05, 0.03)),
-        fat_side=float(rng.uniform(8, 32)),
-        fat_front=float(rng.uniform(10, 38)),
-        fat_back=float(rng.uniform(10, 36)),
-        belly=float(rng.uniform(0, 25)),
+        fat_side=float(rng.uniform(7, 28)),
+        fat_front=float(rng.uniform(8, 30)),
+        fat_back=float(rng.uniform(8, 28)),
+        belly=float(rng.uniform(0, 18)),
         muscle_bulk=float(rng.uniform(0.85, 1.15)),
         wobble=tuple((k, float(rng.uniform(-0.025, 0.025)), float(rng.uniform(0, 2 * np.pi))) for k in (2.0, 3.0, 4.0)),
         wing_flare=float(rng.uniform(-8, 10)),
@@ -242,11 +242,11 @@ def body_outline(patient: Patient) -> tuple[Contour, Contour]:
     f = patient.scale
     # z, half width, front, back of the muscle compartment (design units)
     inner = np.array([
-        [-80.0, 150, 80, 96],
-        [-10.0, 152, 80, 100],
-        [25.0, 140, 86, 104],
-        [60.0, 150, 94, 106],
-        [140.0, 146, 100, 110],
+        [-80.0, 150, 76, 92],
+        [-10.0, 152, 76, 96],
+        [25.0, 140, 82, 100],
+        [60.0, 150, 90, 102],
+        [140.0, 146, 96, 106],
     ])
     keys_inner = np.column_stack(
         [inner[:, 0] * f[2], np.zeros(len(inner)), inner[:, 1] * f[0], inner[:, 2] * f[1], inner[:, 3] * f[1]]
@@ -411,9 +411,11 @@ def _sacrum(fr: _Frame, patient: Patient) -> tuple[Shape, Shape]:
     wa = np.array([6.0, 12, 22, 34, 46, 54, 56])
     da = np.array([4.0, 6, 9, 12, 15, 17, 17])
     ya = yb + np.array([2.0, 4, 6, 8, 9, 10, 10])
-    body = fr.tube(np.column_stack([z, 0 * z, yb, rx, ry]))
-    k = np.column_stack([z, ya, wa, da, da]) * np.array([fr.f[2], fr.f[1], fr.f[0], fr.f[1], fr.f[1]])
-    alae = Contour(k, exponent=3.0, back_exponent=3.0)
+    # The base is not flat: the S1 body ends in a low dome, the alae slope down and thin out.
+    body = fr.tube(np.vstack([np.column_stack([z, 0 * z, yb, rx, ry]), [76.5, 0, 44, 20, 11]]))
+    alae_keys = np.column_stack([z, ya, wa, da, da])
+    alae_keys[-1] = (71, ya[-1], 48, 9, 9)
+    alae = Contour(alae_keys * np.array([fr.f[2], fr.f[1], fr.f[0], fr.f[1], fr.f[1]]), exponent=3.0, back_exponent=3.0)
     canal = fr.tube(np.column_stack([z[2:], 0 * z[2:], yb[2:] + ry[2:] + 3, [3, 5, 7, 9, 10], [2, 3, 4, 5, 6]]))
     foramina = []
     for zk, xk in ((14, 14), (30, 19), (46, 23), (62, 26)):

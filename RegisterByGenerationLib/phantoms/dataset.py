@@ -175,18 +175,22 @@ def _grid(center: np.ndarray, size, spacing, direction: np.ndarray) -> Grid:
 
 def _sample_grids(rng, patient: anat.Patient, size, oblique: bool, table: np.ndarray) -> tuple[Grid, Grid]:
     """The input grid (``size``) around the body and the reference grid (own spacing, origin, field of view)."""
-    body, _ = anat.body_outline(patient)
     z_lo = anat.Z_RANGE[0] + rng.uniform(3, 8)
     z_hi = min(z_lo + rng.uniform(128, 142), anat.Z_RANGE[1] - 4)
     tilt = 6.0 if oblique else 0.0
-    margin = rng.uniform(8, 22) + tilt + (z_hi - z_lo) / 2 * np.sin(np.radians(tilt))
-    need = np.array([2 * max(-body.lo[0], body.hi[0]) + 2 * margin, body.hi[1] - body.lo[1] + 2 * margin])
+    # Room around the body: less at the back, where the patient lies on the table.
+    margin = np.array([rng.uniform(8, 20), rng.uniform(4, 12)]) + tilt + (z_hi - z_lo) / 2 * np.sin(np.radians(tilt))
+    # The body's extent over the slab (and a little beyond, for tilted and misaligned grids).
+    boxes = anat.body_outline(patient)[0].boxes
+    boxes = boxes[(boxes[:, 1, 2] >= z_lo - 25) & (boxes[:, 0, 2] <= z_hi + 25)]
+    body_lo, body_hi = boxes[:, 0].min(axis=0), boxes[:, 1].max(axis=0)
+    need = np.array([2 * max(-body_lo[0], body_hi[0]), body_hi[1] - body_lo[1]]) + 2 * margin
     spacing_xy = round(float(np.max(need / np.asarray(size[:2]))), 4)
     spacing = (spacing_xy, spacing_xy, round((z_hi - z_lo) / size[2], 4))
     slack = (np.asarray(size[:2]) * spacing_xy - need) / 2
     center = np.array([
         rng.uniform(-1, 1) * min(6, slack[0]),
-        (body.lo[1] + body.hi[1]) / 2 + rng.uniform(-1, 1) * min(6, slack[1]),
+        (body_lo[1] + body_hi[1]) / 2 + rng.uniform(-1, 1) * min(6, slack[1]),
         (z_lo + z_hi) / 2,
     ])
     direction = _rotation(rng, 2, 5) if oblique else np.eye(3)
