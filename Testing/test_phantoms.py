@@ -349,6 +349,7 @@ def test_tile_order_is_a_permutation():
         (dict(size=(15, 64, 64)), "size"),
         (dict(size=(64, 64)), "size"),
         (dict(size="64"), "size"),
+        (dict(oblique="yes"), "oblique"),
     ],
 )
 def test_generate_case_rejects_bad_arguments(kwargs, name):

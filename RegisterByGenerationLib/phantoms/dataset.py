@@ -156,6 +156,11 @@ def _check_size(size: Sequence[int]) -> tuple[int, int, int]:
     return tuple(int(v) for v in values)
 
 
+def _check_oblique(oblique) -> None:
+    if not isinstance(oblique, (bool, np.bool_)):
+        raise InputError(f"oblique: must be True or False, got {oblique!r}")
+
+
 def _rotation(rng: np.random.Generator, low: float, high: float) -> np.ndarray:
     axis = rng.standard_normal(3)
     axis /= np.linalg.norm(axis)
@@ -277,6 +282,7 @@ def generate_case(seed: int, modality: str, size: Sequence[int] = DEFAULT_SIZE, 
     seed = _check_seed(seed)
     _check_modality(modality)
     size = _check_size(size)
+    _check_oblique(oblique)
     plan = _plan(seed, size, oblique)
     # Separate streams, so the MR and the CBCT case of a seed share everything above.
     noise_rng, acquisition_rng, ref_noise_rng = (np.random.default_rng([seed, k]) for k in (1, 2, 3))
@@ -420,6 +426,7 @@ def write_phantom_dataset(
     seed = _check_seed(seed)
     _check_modality(modality)
     size = _check_size(size)
+    _check_oblique(oblique)
     out = check_writable_dir(out_dir)
     folders = []
     for i in range(int(cases)):
