@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
+import os
+import platform
 import resource
 import subprocess
 import sys
@@ -116,13 +117,19 @@ def worker(args: argparse.Namespace) -> dict:
         base = torch.cuda.memory_allocated()
     else:
         base = peak_rss_bytes()
-    times = []
+    times, cpu_times = [], []
     for _ in range(args.repeats):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         call()
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else peak_rss_bytes()
-    return {"best_s": min(times), "median_s": sorted(times)[len(times) // 2], "peak_bytes": peak - base}
+    return {
+        "best_s": min(times),
+        "median_s": sorted(times)[len(times) // 2],
+        "cpu_s": min(cpu_times),
+        "peak_bytes": peak - base,
+    }
 
 
 def run_config(impl: str, size: tuple[int, int], args: argparse.Namespace) -> dict:
@@ -163,27 +170,29 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"DACA window attention, {what}: P={args.window}, C={args.channels}, heads={args.heads}, "
         f"batch={args.batch}, device={args.device}, threads={args.threads}, torch {torch.__version__}, "
-        f"best/median of {args.repeats}"
+        f"best/median of {args.repeats}; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.1f} at start"
     )
-    print("| feature map | implementation | time per call (s), best / median | peak memory |")
-    print("|---|---|---|---|")
+    print("| feature map | implementation | wall time per call (s), best / median | CPU time (s), best | peak memory |")
+    print("|---|---|---|---|---|")
     for size in parse_sizes(args.sizes):
         for impl in ("ours", "naive"):
             label = f"{size[0]}x{size[1]}"
             estimate = naive_bytes(size, args)
             if impl == "naive" and estimate > args.naive_limit_gib * 2**30:
-                print(f"| {label} | naive | skipped | would need {estimate / 2**30:.1f} GiB |", flush=True)
+                print(f"| {label} | naive | skipped | | would need {estimate / 2**30:.1f} GiB |", flush=True)
                 continue
             result = run_config(impl, size, args)
             if "error" in result:
-                print(f"| {label} | {impl} | failed: {result['error']} | |", flush=True)
+                print(f"| {label} | {impl} | failed: {result['error']} | | |", flush=True)
                 continue
             memory = result["peak_bytes"] / 2**20
             print(
                 f"| {label} | {impl} | {result['best_s']:.3f} / {result['median_s']:.3f} | "
-                f"{memory:,.0f} MiB |",
+                f"{result['cpu_s']:.3f} | {memory:,.0f} MiB |",
                 flush=True,
             )
+    print(f"load average {os.getloadavg()[0]:.1f} at end")
     return 0
 
 

@@ -14,7 +14,7 @@ result is the same (to float rounding) but nothing of size ``P²`` is ever store
 * The window is streamed a few rows of integer positions at a time with an online
   softmax (running maximum, running denominator, running weighted sum of values), and
   pixels are processed in chunks. A step's gathered buffer is ``chunk · (rows + 1) ·
-  (P + 1) · C`` elements, with ``rows`` chosen to fit a fixed budget (2²⁰ elements on
+  (P + 1) · C`` elements, with ``rows`` chosen to fit a fixed budget (2²² elements on
   the CPU), so the working memory is bounded independently of ``P²`` and of the image;
   the only full-size copies are zero-padded K and V, ``B · (H + 2) · (W + 2P + 2) · C``.
 * Training uses a custom backward in the style of FlashAttention: the forward saves
@@ -43,7 +43,7 @@ __all__ = ["deformable_window_attention", "window_offsets"]
 
 #: (elements of one gathered buffer, pixels per chunk) by device type: small on the CPU
 #: so that a buffer stays in cache, large on accelerators to fill the device.
-_BUDGET = {"cpu": (1 << 20, 128)}
+_BUDGET = {"cpu": (1 << 22, 512)}
 _BUDGET_DEFAULT = (1 << 26, 1 << 16)
 
 
