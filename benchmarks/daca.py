@@ -170,10 +170,13 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"DACA window attention, {what}: P={args.window}, C={args.channels}, heads={args.heads}, "
         f"batch={args.batch}, device={args.device}, threads={args.threads}, torch {torch.__version__}, "
-        f"best/median of {args.repeats}; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"best/median of {args.repeats}; {platform.machine()}, {os.cpu_count()} CPUs, "
         f"load average {os.getloadavg()[0]:.1f} at start"
     )
-    print("| feature map | implementation | wall time per call (s), best / median | CPU time (s), best | peak memory |")
+    print(
+        "| feature map | implementation | wall time per call (s), best / median "
+        "| CPU time (s), best | peak memory |"
+    )
     print("|---|---|---|---|---|")
     for size in parse_sizes(args.sizes):
         for impl in ("ours", "naive"):

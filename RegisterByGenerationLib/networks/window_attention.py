@@ -94,7 +94,8 @@ def deformable_window_attention(
         flow: ``[B, 2, H, W]`` displacement in pixels (channel 0 = dy along rows,
             channel 1 = dx along columns, DESIGN §4): pixel ``p`` looks at
             ``p + flow(p)``. It is detached and receives **no gradient** (the
-            registration network is frozen while Stage 2 trains). Must be finite.
+            registration network is frozen while Stage 2 trains). Must be finite; any
+            size is allowed (samples outside the image are zero).
         window: side ``P`` of the window (see :func:`window_offsets`).
         scale: logit scale ``s``; ``None`` means ``d ** -0.5``.
         chunk_size: pixels processed at once (memory/speed trade-off only; the result
@@ -105,7 +106,8 @@ def deformable_window_attention(
         bfloat16 inputs (e.g. under autocast) are computed in float32.
 
     Raises:
-        ValueError: if shapes, dtypes or devices disagree, or an argument is out of range.
+        ValueError: if shapes, dtypes or devices disagree, the flow is not finite, or an
+            argument is out of range.
 
     Example:
         >>> q = k = v = torch.randn(1, 2, 7, 12, 10)
@@ -127,7 +129,10 @@ def deformable_window_attention(
     if any(not t.is_floating_point() for t in tensors):
         raise ValueError("query, key, value and flow must be floating point tensors")
     if len({t.device for t in tensors}) != 1:
-        raise ValueError(f"query, key, value and flow must be on one device, got {[str(t.device) for t in tensors]}")
+        devices = [str(t.device) for t in tensors]
+        raise ValueError(f"query, key, value and flow must be on one device, got {devices}")
+    if not torch.isfinite(flow).all():
+        raise ValueError("flow must be finite (no NaN or infinity)")
     if scale is None:
         scale = dim**-0.5
     if chunk_size is not None and chunk_size < 1:

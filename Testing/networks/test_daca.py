@@ -18,7 +18,8 @@ def use_plan(monkeypatch, plan, channels, window):
     """Make the CPU plan stream `rows` offset rows per step over chunks of `pixels`."""
     if plan is not None:
         pixels, rows = plan
-        monkeypatch.setitem(window_attention._BUDGET, "cpu", ((rows + 1) * pixels * (window + 1) * channels, pixels))
+        budget = (rows + 1) * pixels * (window + 1) * channels  # elements of one gathered buffer
+        monkeypatch.setitem(window_attention._BUDGET, "cpu", (budget, pixels))
 
 
 def naive_window_attention(query, key, value, flow, window, scale=None):
@@ -62,7 +63,8 @@ def make_flow(kind: str, batch: int, height: int, width: int, generator: torch.G
 
 def random_inputs(batch, heads, dim, height, width, flow_kind, seed=0, dtype=torch.float32):
     generator = torch.Generator().manual_seed(seed)
-    q, k, v = (torch.randn(batch, heads, dim, height, width, generator=generator, dtype=dtype) for _ in range(3))
+    shape = (batch, heads, dim, height, width)
+    q, k, v = (torch.randn(shape, generator=generator, dtype=dtype) for _ in range(3))
     return q, k, v, make_flow(flow_kind, batch, height, width, generator).to(dtype)
 
 
@@ -198,6 +200,9 @@ def test_attention_rejects_bad_arguments():
         deformable_window_attention(q, k, v, flow, 3, chunk_size=0)
     with pytest.raises(ValueError, match="floating point"):
         deformable_window_attention(q, k, v, flow.long(), 3)
+    flow[0, 1, 2, 3] = float("nan")
+    with pytest.raises(ValueError, match="flow must be finite"):
+        deformable_window_attention(q, k, v, flow, 3)
 
 
 def test_block_shape_and_gradients_reach_every_parameter():
@@ -210,7 +215,8 @@ def test_block_shape_and_gradients_reach_every_parameter():
     assert y.shape == x.shape
     y.square().mean().backward()
     names = {name for name, _ in block.named_parameters()}
-    assert {"q_proj.weight", "k_proj.weight", "v_proj.weight", "out_proj.weight", "norm1.weight", "norm2.weight"} <= names
+    stable = {"q_proj", "k_proj", "v_proj", "out_proj", "norm1", "norm2"}  # names checkpoints map onto
+    assert {f"{name}.weight" for name in stable} <= names
     assert any(name.startswith("mlp.") for name in names)
     for name, parameter in block.named_parameters():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
@@ -221,10 +227,12 @@ def test_looks_up_the_reference_at_p_plus_flow():
     """DESIGN §4: moving the reference content by (dy, dx) is undone by a flow of (dy, dx)."""
     q, k, v, _ = random_inputs(1, 2, 3, 12, 11, "fractional")
     k_moved, v_moved = torch.zeros_like(k), torch.zeros_like(v)
-    k_moved[..., 2:, :-1], v_moved[..., 2:, :-1] = k[..., :-2, 1:], v[..., :-2, 1:]  # down 2, left 1
+    # content moved down 2 rows and left 1 column
+    k_moved[..., 2:, :-1], v_moved[..., 2:, :-1] = k[..., :-2, 1:], v[..., :-2, 1:]
     zero = torch.zeros(1, 2, 12, 11)
     base = deformable_window_attention(q, k, v, zero, window=3)
-    moved = deformable_window_attention(q, k_moved, v_moved, zero + torch.tensor([2.0, -1.0]).view(1, 2, 1, 1), 3)
+    flow = zero + torch.tensor([2.0, -1.0]).view(1, 2, 1, 1)  # dy = +2, dx = -1
+    moved = deformable_window_attention(q, k_moved, v_moved, flow, window=3)
     # pixels whose whole window lies inside the image and inside the moved content
     torch.testing.assert_close(moved[..., 1:9, 2:10], base[..., 1:9, 2:10], rtol=0, atol=1e-6)
 
@@ -248,7 +256,8 @@ def test_block_rejects_bad_arguments(kwargs, match):
 def test_block_rejects_mismatched_inputs():
     block = DACABlock(channels=4, heads=2, window=3)
     x = torch.zeros(1, 4, 6, 5)
-    with pytest.raises(ValueError, match=r"flow must be \[B, 2, H, W\] matching features \[1, 4, 6, 5\], got \[1, 2, 6, 6\]"):
+    expected = r"flow must be \[B, 2, H, W\] matching features \[1, 4, 6, 5\], got \[1, 2, 6, 6\]"
+    with pytest.raises(ValueError, match=expected):
         block(x, x, torch.zeros(1, 2, 6, 6))
     with pytest.raises(ValueError, match="reference_features"):
         block(x, torch.zeros(1, 4, 6, 6), torch.zeros(1, 2, 6, 5))
