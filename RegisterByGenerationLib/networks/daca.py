@@ -6,7 +6,9 @@ features centred on ``p + flow(p)``, where ``flow`` is the registration network'
 displacement field (DESIGN §4: ``[B, 2, H, W]`` in pixels, channel 0 = dy, channel 1 = dx,
 on the query grid, pointing into the reference). The attention itself is
 :func:`~RegisterByGenerationLib.networks.window_attention.deformable_window_attention`:
-exact, with memory that does not grow with the window area ``P²``.
+exact, with memory that does not grow with the window area ``P²``. Window samples that
+fall outside the image take part with a zero key and a zero value (bilinear sampling
+with zero padding).
 
 Block structure (post-norm transformer layer, 1x1 convolutions as per-pixel linears)::
 
