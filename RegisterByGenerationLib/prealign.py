@@ -80,17 +80,18 @@ def rigid_prealign(
 ) -> sitk.Euler3DTransform:
     """Rigidly register ``moving`` (the reference CT) to ``fixed`` (the input).
 
-    Mattes mutual information (50 bins) on a random ``sampling`` fraction of the fixed
-    body mask's voxels, three levels (shrink 4, 2, 1; smoothing 2, 1, 0 mm), regular step
-    gradient descent with physical-shift scales, started from the better (by the metric)
-    of the identity and a geometry-centred initialisation.
+    Mattes mutual information (50 bins) on random samples inside the fixed body mask;
+    three levels (shrink 4, 2, 1; smoothing 2, 1, 0 mm); regular step gradient descent
+    with physical-shift scales, started from the better (by the metric) of the identity
+    and a geometry-centred initialisation.
 
     Args:
         fixed: the input volume (MR, CBCT or CT).
         moving: the reference CT.
         fixed_modality: ``"mr"``, ``"cbct"`` or ``"ct"``: how the fixed body mask is found.
         seed: seed of the metric's random sampling; the same seed gives the same result.
-        sampling: fraction (0-1] of fixed body voxels sampled per level.
+        sampling: fraction (0-1] of the fixed voxels sampled at random per level; the
+            samples outside the body mask are dropped.
         max_iterations: optimiser iterations per level.
         threads: threads for the registration. None runs on one thread, which gives
             the same bytes on every run; ITK's multi-threaded metric sums in a varying
@@ -116,13 +117,13 @@ def rigid_prealign(
         raise ValueError(f"max_iterations must be positive, got {max_iterations!r}")
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be positive or None, got {threads!r}")
+    if fixed_mask is not None and fixed_mask.GetSize() != fixed.GetSize():
+        raise ValueError(f"fixed_mask must be on fixed's grid {fixed.GetSize()}, got size {fixed_mask.GetSize()}")
     check_overlap(fixed, moving)
     fixed = sitk.Cast(fixed, sitk.sitkFloat32)
     moving = sitk.Cast(moving, sitk.sitkFloat32)
     if fixed_mask is None:
         fixed_mask = _sampling_mask(fixed, fixed_modality)
-    elif fixed_mask.GetSize() != fixed.GetSize():
-        raise ValueError(f"fixed_mask must be on fixed's grid {fixed.GetSize()}, got size {fixed_mask.GetSize()}")
     fixed_mask = sitk.Cast(fixed_mask != 0, sitk.sitkUInt8)
     fixed_mask.CopyInformation(fixed)
     registration = _registration_method(fixed_mask, seed, sampling, max_iterations)
