@@ -284,3 +284,18 @@ def test_config_file_overrides_a_preset_and_round_trips(tmp_path):
         load_config(path)
     with pytest.raises(InputError, match="crop_size must be a positive multiple of 16"):
         TrainingConfig.tiny(crop_size=40)
+
+
+def test_held_out_evaluation_scores_rigid_stage1_and_pseudo_ct(trained_run):
+    from RegisterByGenerationLib.training.evaluate import evaluate_phantoms, markdown_table
+
+    _, model_dir, _ = trained_run
+    with pytest.raises(InputError, match=r"seeds \[500\] were used to train or validate"):
+        evaluate_phantoms(str(model_dir), modality="mr", seeds=[500], size=SIZE)
+    evaluation = evaluate_phantoms(str(model_dir), modality="mr", seeds=[600], size=SIZE)
+    row = evaluation["cases"][0]
+    assert row["case"] == "1PS0600" and 0 < row["mae_rigid"] < 500
+    assert row["mae_pseudo_ct"] > row["mae_rigid"]  # a 3-step tiny model is no better than rigid
+    assert set(evaluation["floors"]) == {"mae_at_most_0.6_x_rigid", "mae_below_stage1", "bone_dice_at_least_0.85"}
+    assert evaluation["floors"]["mae_at_most_0.6_x_rigid"] is False
+    assert "| **mean** |" in markdown_table(evaluation)

@@ -48,6 +48,7 @@ def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
     common.add_argument("--seed", type=int, metavar="N", help="seed of the run (split, initialisation, crops)")
     common.add_argument("--resume", action="store_true", help="continue a phase from its last checkpoint (exactly)")
     common.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps (default: auto)")
+    common.add_argument("--threads", type=int, metavar="N", help="torch CPU threads per process (default: torch's choice; on a busy shared machine 1 is often fastest)")
     common.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     for phase, text in _PHASE_HELP.items():
         sub = phases.add_parser(phase, parents=[common], help=text, description=text)
@@ -104,6 +105,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.phase == "all" and bool(args.export) != bool(args.name):
         raise InputError("--export and --name go together")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise InputError(f"--threads must be at least 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     config = _config(args)
     trainer = Trainer(config, args.data, args.out, device=args.device, progress=args.progress)
     try:
