@@ -32,19 +32,17 @@ import SimpleITK as sitk
 import torch
 
 from .errors import Cancelled, InputError, ModelError
-from .geometry import CanvasGrid, resample_onto
-from .intensity import n4_bias_correct, normalization_from_config
+from .geometry import CanvasGrid
+from .intensity import normalization_from_config
 from .io import check_writable_dir, write_image
-from .mask import body_mask
 from .modelstore import ModelInfo, default_model_name, find_model, load_model
-from .prealign import check_overlap, rigid_prealign
+from .preprocess import AIR_HU, normalise_input, prealign_reference
 from .progress import ProgressCallback, SubProgress
 
 __all__ = ["Pipeline", "PipelineResult", "select_device", "write_outputs", "OUTPUT_FILES"]
 
 logger = logging.getLogger(__name__)
 
-AIR_HU = -1024.0
 #: File names written by :func:`write_outputs` (the Slicer module and batch runs read these).
 OUTPUT_FILES = {
     "pseudo_ct": "pseudo_ct.nii.gz",
@@ -136,9 +134,7 @@ class Pipeline:
         self.prealign = prealign
         self.seed = seed
         self._last_batch_size = 0
-        normalization = self.info.metadata["normalization"]
-        self.input_normalization = normalization_from_config(normalization["input"])
-        self.ct_normalization = normalization_from_config(normalization["reference"])
+        self.ct_normalization = normalization_from_config(self.info.metadata["normalization"]["reference"])
 
     def run(
         self,
@@ -168,20 +164,16 @@ class Pipeline:
 
         checkpoint("pre-alignment")
         start = time.perf_counter()
-        check_overlap(input_image, reference_ct)
         if self.prealign:
             report(0.0, "prealign", "rigid mutual-information registration of the reference CT")
-            transform = rigid_prealign(input_image, reference_ct, fixed_modality=self.modality, seed=self.seed)
-        else:
-            transform = sitk.Euler3DTransform()
-        reference_on_input = resample_onto(reference_ct, input_image, transform, default_value=AIR_HU)
+        transform, reference_on_input = prealign_reference(input_image, reference_ct, modality=self.modality, prealign=self.prealign, seed=self.seed)
         timings["prealign_s"] = time.perf_counter() - start
 
         checkpoint("preprocessing")
         report(0.15, "preprocess", "resampling to the model canvas and normalising")
         start = time.perf_counter()
         grid = CanvasGrid.for_image(input_image, self.info.pixel_spacing, self.info.canvas)
-        x = self._normalised_input(input_image, grid)
+        x, _ = normalise_input(input_image, grid, modality=self.modality, config=self.info.metadata["normalization"]["input"])
         ct_map = self.ct_normalization.fit(reference_on_input)
         y = ct_map.forward(grid.to_canvas(reference_on_input, default_value=AIR_HU))
         timings["preprocess_s"] = time.perf_counter() - start
@@ -210,15 +202,6 @@ class Pipeline:
         result.timings = timings
         report(1.0, "done", "pseudo-CT ready")
         return result
-
-    def _normalised_input(self, input_image: sitk.Image, grid: CanvasGrid) -> np.ndarray:
-        """The input on the canvas in [-1, 1] (N4 first when the model was trained with it)."""
-        config = self.info.metadata["normalization"]["input"]
-        mask = body_mask(input_image, modality=self.modality)
-        image = n4_bias_correct(input_image, mask) if config.get("n4") else input_image
-        input_map = self.input_normalization.fit(image, mask)
-        background = float(sitk.GetArrayViewFromImage(image).min())
-        return input_map.forward(grid.to_canvas(image, default_value=background))
 
     def _generate(self, x: np.ndarray, y: np.ndarray, report: SubProgress, checkpoint, keep_intermediate: bool) -> dict[str, np.ndarray]:
         """Run the model slice batch by slice batch; back off the batch size on CUDA OOM."""

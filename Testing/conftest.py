@@ -43,3 +43,36 @@ def make_volume(
     image.SetOrigin(origin)
     image.SetDirection(direction)
     return image
+
+
+TEST_NORMALIZATION = {
+    "mr": {"kind": "percentile", "lower": 0.5, "upper": 99.5, "n4": False},
+    "cbct": {"kind": "ct_window", "low": -1024.0, "high": 3000.0},
+}
+
+
+def make_tiny_model(directory: Path, modality: str = "mr", *, name: str | None = None, seed: int = 0, pixel_spacing=(2.0, 2.0)):
+    """A random-weight model directory with the ``tiny`` config (fast; output is meaningless)."""
+    import torch
+
+    from RegisterByGenerationLib.modelstore import save_model
+    from RegisterByGenerationLib.networks import ModelConfig, build_model
+
+    torch.manual_seed(seed)
+    model = build_model(ModelConfig.tiny())
+    metadata = {
+        "name": name or f"tiny-{modality}",
+        "modality": modality,
+        "description": "random weights, for tests",
+        "version": "0.0.0",
+        "pixel_spacing_mm": list(pixel_spacing),
+        "normalization": {"input": TEST_NORMALIZATION[modality], "reference": TEST_NORMALIZATION["cbct"]},
+        "training": {"data": "none (random initialisation)"},
+    }
+    return save_model(model, directory, metadata)
+
+
+@pytest.fixture(scope="session")
+def tiny_mr_model(tmp_path_factory) -> Path:
+    """Path of a tiny random-weight MR model directory (shared by the session)."""
+    return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-mr").path

@@ -20,11 +20,13 @@ __all__ = ["main", "build_parser", "SUBCOMMANDS"]
 
 #: Sub-command name -> module under ``RegisterByGenerationLib.cli``.
 SUBCOMMANDS = {
-    "phantom": "phantom",
+    "demo": "demo",
     "run": "run",
-    "models": "models",
+    "batch": "batch",
     "evaluate": "evaluate",
+    "phantom": "phantom",
     "train": "train",
+    "models": "models",
 }
 
 

@@ -16,7 +16,8 @@ def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
         description=(
             "Generate a pseudo-CT in the frame of INPUT (MR or CBCT) with the intensities and "
             "texture of the patient's REFERENCE CT. Writes OUTDIR/pseudo_ct.nii.gz (int16 HU, "
-            "exactly INPUT's size, spacing, origin and direction)."
+            "exactly INPUT's size, spacing, origin and direction), bones.nii.gz and bones.seg.nrrd "
+            "(bone masks), overview.png and report.json."
         ),
     )
     parser.add_argument("input", metavar="INPUT", help="MR or CBCT volume (file or DICOM folder)")
@@ -27,35 +28,46 @@ def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps (default: auto)")
     parser.add_argument("--batch-size", type=int, metavar="N", help="slices per forward pass (default: automatic)")
     parser.add_argument("--no-prealign", dest="prealign", action="store_false", help="skip the rigid pre-alignment of REFERENCE to INPUT")
+    parser.add_argument(
+        "--bones",
+        choices=("auto", "totalsegmentator", "threshold", "none"),
+        default="auto",
+        help="bone masks of the pseudo-CT: TotalSegmentator, an HU-threshold method, auto (TotalSegmentator when installed with its weights, else threshold) or none (default: auto)",
+    )
     parser.add_argument("--save-intermediate", action="store_true", help="also write the Stage-1 image, the flow magnitude (mm) and the pre-aligned reference")
     parser.add_argument("--progress", choices=("auto", "bar", "json", "none"), default="auto", help="progress display; json prints one JSON object per line on stdout (default: a bar on a terminal)")
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..io import check_writable_dir, read_image
-    from ..pipeline import Pipeline, write_outputs
+    from ..case import process_case
+    from ..pipeline import Pipeline
     from ..progress import make_progress
 
-    input_image = read_image(args.input)
-    reference = read_image(args.reference)
-    check_writable_dir(args.output)
     pipeline = Pipeline(args.model, modality=args.modality, device=args.device, batch_size=args.batch_size, prealign=args.prealign)
     progress = make_progress(args.progress)
     try:
-        result = pipeline.run(input_image, reference, progress=progress, keep_intermediate=args.save_intermediate)
+        outputs = process_case(
+            pipeline,
+            args.input,
+            args.reference,
+            args.output,
+            bones=args.bones,
+            save_intermediate=args.save_intermediate,
+            progress=progress,
+        )
     finally:
         if progress is not None:
             progress.close()
-    written = write_outputs(result, args.output, save_intermediate=args.save_intermediate)
-    summary = {"outputs": {name: str(path) for name, path in written.items()}, "model": pipeline.info.name, "device": result.device, "timings_s": {k: round(v, 2) for k, v in result.timings.items()}}
+    report = outputs.report
     if args.progress == "json":
+        summary = {"outputs": {name: str(path) for name, path in outputs.paths.items()}, "model": pipeline.info.name, "device": report["device"], "timings_s": report["timings_s"]}
         print(json.dumps({"fraction": 1.0, "stage": "finished", "message": "outputs written", "result": summary}), flush=True)
-    else:
-        print(f"pseudo-CT written to {written['pseudo_ct']}", file=sys.stderr)
-        for name, path in written.items():
-            if name != "pseudo_ct":
-                print(f"  {name}: {path}", file=sys.stderr)
-        timing = ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in result.timings.items())
-        print(f"model {pipeline.info.name} on {result.device}: {timing}", file=sys.stderr)
+        return 0
+    print(f"pseudo-CT written to {outputs.paths['pseudo_ct']}", file=sys.stderr)
+    for name, path in outputs.paths.items():
+        if name != "pseudo_ct":
+            print(f"  {name}: {path}", file=sys.stderr)
+    timing = ", ".join(f"{name[:-2]} {seconds:.1f} s" for name, seconds in report["timings_s"].items())
+    print(f"model {pipeline.info.name} on {report['device']}: {timing}; bones: {report['bones']['method']}", file=sys.stderr)
     return 0

@@ -1,0 +1,100 @@
+"""The inference engine end to end with a tiny random-weight model on small phantoms."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from RegisterByGenerationLib.errors import Cancelled, InputError, ModelError
+from RegisterByGenerationLib.io import same_geometry
+from RegisterByGenerationLib.phantoms import generate_case
+from RegisterByGenerationLib.pipeline import Pipeline, select_device
+
+SIZE = (64, 48, 16)
+
+
+@pytest.fixture(scope="module")
+def case():
+    return generate_case(seed=11, modality="mr", size=SIZE)
+
+
+@pytest.fixture(scope="module")
+def oblique_case():
+    return generate_case(seed=12, modality="mr", size=SIZE, oblique=True)
+
+
+@pytest.fixture(scope="module")
+def pipeline(tiny_mr_model):
+    return Pipeline(tiny_mr_model, modality="mr", device="cpu", prealign=False)
+
+
+@pytest.mark.parametrize("fixture", ["case", "oblique_case"])
+def test_output_has_exactly_the_input_geometry(pipeline, fixture, request):
+    case = request.getfixturevalue(fixture)
+    result = pipeline.run(case.input, case.reference_ct, keep_intermediate=True)
+    for image in (result.pseudo_ct, result.stage1, result.flow_magnitude, result.reference_prealigned):
+        assert same_geometry(image, case.input, tolerance=0.0)
+    assert result.pseudo_ct.GetPixelID() == sitk.sitkInt16
+    hu = sitk.GetArrayViewFromImage(result.pseudo_ct)
+    assert -1024 <= hu.min() and hu.max() <= 3000  # tanh output inside the CT window
+    assert set(result.timings) == {"prealign_s", "preprocess_s", "generate_s", "postprocess_s"}
+
+
+def test_runs_are_deterministic(pipeline, case):
+    first = pipeline.run(case.input, case.reference_ct)
+    second = pipeline.run(case.input, case.reference_ct)
+    assert np.array_equal(sitk.GetArrayViewFromImage(first.pseudo_ct), sitk.GetArrayViewFromImage(second.pseudo_ct))
+
+
+def test_batch_size_does_not_change_the_result(tiny_mr_model, case):
+    one = Pipeline(tiny_mr_model, device="cpu", prealign=False, batch_size=1).run(case.input, case.reference_ct)
+    many = Pipeline(tiny_mr_model, device="cpu", prealign=False, batch_size=7).run(case.input, case.reference_ct)
+    difference = np.abs(sitk.GetArrayFromImage(one.pseudo_ct).astype(int) - sitk.GetArrayFromImage(many.pseudo_ct))
+    assert difference.max() <= 1  # float summation order only
+
+
+def test_cancel_between_batches_stops_promptly_and_writes_nothing(tiny_mr_model, case, tmp_path):
+    pipeline = Pipeline(tiny_mr_model, device="cpu", prealign=False, batch_size=2)
+    cancel = threading.Event()
+    stages = []
+
+    def progress(fraction, stage, message=""):
+        stages.append(stage)
+        if stage == "generate" and stages.count("generate") == 2:
+            cancel.set()
+
+    with pytest.raises(Cancelled, match="stopped before the next slice batch"):
+        pipeline.run(case.input, case.reference_ct, progress=progress, cancel=cancel)
+    assert stages.count("generate") == 2 and "postprocess" not in stages
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_progress_is_monotonic_and_complete(pipeline, case):
+    seen = []
+    pipeline.run(case.input, case.reference_ct, progress=lambda f, s, m="": seen.append((f, s)))
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0 and seen[-1][1] == "done"
+
+
+def test_device_selection():
+    assert select_device("auto").type in ("cpu", "cuda", "mps")
+    assert select_device("cpu").type == "cpu"
+    with pytest.raises(InputError, match="device must be"):
+        select_device("tpu")
+    if not __import__("torch").cuda.is_available():
+        with pytest.raises(InputError, match="no CUDA GPU is usable"):
+            select_device("cuda")
+
+
+def test_model_for_another_modality_is_refused(tiny_mr_model):
+    with pytest.raises(ModelError, match="is for MR input, not CBCT"):
+        Pipeline(tiny_mr_model, modality="cbct")
+
+
+def test_prealignment_runs_inside_the_pipeline(tiny_mr_model, case):
+    result = Pipeline(tiny_mr_model, device="cpu", prealign=True).run(case.input, case.reference_ct)
+    assert isinstance(result.transform, sitk.Euler3DTransform)
+    assert np.linalg.norm(result.transform.GetTranslation()) > 0.1  # the phantom's reference is really moved
