@@ -36,6 +36,7 @@ from .geometry import CanvasGrid
 from .intensity import normalization_from_config
 from .io import check_writable_dir, write_image
 from .modelstore import ModelInfo, default_model_name, find_model, load_model
+from .plausibility import check_memory, check_modalities, estimate_peak_bytes
 from .preprocess import AIR_HU, normalise_input, prealign_reference
 from .progress import ProgressCallback, SubProgress
 
@@ -152,7 +153,8 @@ class Pipeline:
             size, spacing, origin and direction.
 
         Raises:
-            InputError: the images do not overlap physically.
+            InputError: the images do not overlap physically, the reference is not a CT in
+                HU, an MR input looks like a CT, or the case would not fit in RAM.
             Cancelled: ``cancel`` was set; nothing is returned or written.
         """
         report = progress or (lambda fraction, stage, message="": None)
@@ -162,6 +164,9 @@ class Pipeline:
             if cancel is not None and cancel.is_set():
                 raise Cancelled(f"stopped before {stage}")
 
+        grid = CanvasGrid.for_image(input_image, self.info.pixel_spacing, self.info.canvas)
+        check_memory(estimate_peak_bytes(input_image, grid.shape))
+        check_modalities(input_image, reference_ct, self.modality)
         checkpoint("pre-alignment")
         start = time.perf_counter()
         if self.prealign:
@@ -172,7 +177,6 @@ class Pipeline:
         checkpoint("preprocessing")
         report(0.15, "preprocess", "resampling to the model canvas and normalising")
         start = time.perf_counter()
-        grid = CanvasGrid.for_image(input_image, self.info.pixel_spacing, self.info.canvas)
         x, _ = normalise_input(input_image, grid, modality=self.modality, config=self.info.metadata["normalization"]["input"])
         ct_map = self.ct_normalization.fit(reference_on_input)
         y = ct_map.forward(grid.to_canvas(reference_on_input, default_value=AIR_HU))

@@ -1,0 +1,74 @@
+"""Checks that catch swapped or unsuitable inputs before minutes of work.
+
+A reference "CT" without air at about -1000 HU is not in Hounsfield units (an MR given
+as the reference, or a CT exported with a rescale slope lost); an "MR" input with large
+regions at about -1000 is a CT given as the input. Both would run and produce nonsense,
+so they stop with an error that says what was seen. A CBCT input is expected in HU-like
+units and is not checked for this. The memory estimate stops a run that would exhaust
+the machine's RAM, instead of letting the operating system kill it half-way.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputError
+
+__all__ = ["check_modalities", "estimate_peak_bytes", "check_memory"]
+
+#: Fraction of voxels at or below -900 above which an image is taken to be in HU with air.
+_AIR_FRACTION = 0.02
+
+
+def _air_fraction(image: sitk.Image) -> float:
+    array = sitk.GetArrayViewFromImage(image)
+    return float(np.count_nonzero(array <= -900)) / array.size
+
+
+def check_modalities(input_image: sitk.Image, reference_ct: sitk.Image, modality: str, *, input_name: str = "input", reference_name: str = "reference") -> None:
+    """Raise :class:`InputError` when the reference is not a CT in HU, or an MR input looks like a CT.
+
+    Args:
+        modality: ``"mr"`` or ``"cbct"``, the declared kind of ``input_image``.
+    """
+    if modality not in ("mr", "cbct"):
+        raise ValueError(f"modality must be 'mr' or 'cbct', got {modality!r}")
+    reference = sitk.GetArrayViewFromImage(reference_ct)
+    if float(reference.min()) > -500 or _air_fraction(reference_ct) < _AIR_FRACTION:
+        raise InputError(
+            f"{reference_name}: does not look like a CT in Hounsfield units (values {float(reference.min()):.0f} to "
+            f"{float(reference.max()):.0f}, {100 * _air_fraction(reference_ct):.1f} % of voxels at air level <= -900); "
+            "is an MR given as the reference, or were the inputs swapped?"
+        )
+    if modality == "mr" and _air_fraction(input_image) >= _AIR_FRACTION and float(sitk.GetArrayViewFromImage(input_image).min()) < -500:
+        raise InputError(
+            f"{input_name}: declared MR but looks like a CT ({100 * _air_fraction(input_image):.1f} % of voxels at about "
+            "-1000 HU); were the inputs swapped? For a CBCT input use --modality cbct"
+        )
+
+
+def estimate_peak_bytes(input_image: sitk.Image, canvas_shape: tuple[int, int, int]) -> int:
+    """Rough upper bound of the pipeline's peak RAM for one case, in bytes.
+
+    Counts float32 copies: about 8 of the input grid (input, resampled reference, mask,
+    N4 and normalisation temporaries, outputs) and 10 of the canvas (x, y, four model
+    outputs and resampling temporaries). Model activations are per slice batch and small
+    in comparison on the CPU; on a GPU the batch size backs off on out-of-memory errors.
+    """
+    input_voxels = int(np.prod(input_image.GetSize(), dtype=np.int64))
+    canvas_voxels = int(np.prod(canvas_shape, dtype=np.int64))
+    return 4 * (8 * input_voxels + 10 * canvas_voxels)
+
+
+def check_memory(needed_bytes: int, available_bytes: int | None = None, *, name: str = "input") -> None:
+    """Raise :class:`InputError` when ``needed_bytes`` exceed the RAM available now."""
+    if available_bytes is None:
+        import psutil
+
+        available_bytes = psutil.virtual_memory().available
+    if needed_bytes > available_bytes:
+        raise InputError(
+            f"{name}: volume too large for this machine: the run needs about {needed_bytes / 2**30:.1f} GiB of RAM, "
+            f"{available_bytes / 2**30:.1f} GiB are available; crop the volume to the region of interest or use a larger machine"
+        )
