@@ -21,6 +21,7 @@ before the heavy dependencies are installed::
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import shutil
@@ -59,6 +60,7 @@ CANCEL_PREFIXES = ("rbg: cancelled", "rbg: interrupted")
 #: Names the pipeline gives its staging folder and atomic temporary files in OUTDIR.
 _STAGING_PREFIX = ".rbg-staging-"
 _LOG_LINES_KEPT = 5000
+_PIPE_GRACE_S = 3.0
 
 
 def build_run_command(
@@ -225,6 +227,7 @@ class RunProcess:
         self._returncode: int | None = None
         self._exit_reported = False
         self._cancelled = False
+        self._exited_at: float | None = None
         self._preexisting: dict[str, float] = {}
         self.started_at: float | None = None
         self.finished_at: float | None = None
@@ -352,9 +355,13 @@ class RunProcess:
             event = self._parse(name, line)
             if event is not None:
                 events.append(event)
-        if self._process is not None and not self._exit_reported and self._open_pipes == 0:
+        if self._process is not None and not self._exit_reported:
             code = self._process.poll()
-            if code is not None:
+            if code is not None and self._exited_at is None:
+                self._exited_at = time.monotonic()
+            # Normally both pipes close with the child; a surviving grandchild that inherited
+            # them would keep them open, so after a grace period the exit is reported anyway.
+            if code is not None and (self._open_pipes == 0 or time.monotonic() - self._exited_at > _PIPE_GRACE_S):
                 self._finish(code)
                 events.append(RunEvent("exit", returncode=self._returncode, message=self.error_message or ""))
         return events
@@ -366,8 +373,6 @@ class RunProcess:
                 fraction, stage, message = parsed
                 result = None
                 if stage == "finished":
-                    import json
-
                     result = json.loads(line).get("result")
                     self._state.result = result
                 event = RunEvent("progress", fraction=fraction, stage=stage, message=message, result=result)
@@ -496,18 +501,18 @@ class RunProcess:
 
 
 def _output_file_names() -> dict[str, str]:
-    """``pipeline.OUTPUT_FILES`` plus the bone and report files of ``rbg run``.
+    """Output name -> file name of everything ``rbg run`` writes (keys as in its report).
 
-    ``pipeline`` imports torch, so it is only imported here, when a finished record is
-    missing; the host's process may not have torch installed at all.
+    These modules import torch and SimpleITK, so they are only imported here, when a
+    finished record is missing; in a host without them only the pseudo-CT is known.
     """
-    names = {"bones": "bones.nii.gz", "bones_seg": "bones.seg.nrrd", "report": "report.json", "overview": "overview.png"}
     try:
+        from .bones.segfile import BONE_FILES
+        from .case import OVERVIEW_FILE, REPORT_FILE
         from .pipeline import OUTPUT_FILES
     except ImportError:
-        names.update(pseudo_ct="pseudo_ct.nii.gz")
-        return names
-    return {**names, **OUTPUT_FILES}
+        return {"pseudo_ct": "pseudo_ct.nii.gz"}
+    return {**OUTPUT_FILES, **BONE_FILES, "overview": OVERVIEW_FILE, "report": REPORT_FILE}
 
 
 def _descendants(pid: int) -> list:

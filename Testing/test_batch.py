@@ -1,0 +1,124 @@
+"""``rbg batch``: every case of a SynthRAD2023-layout folder, resume, isolated failures, summary CSV."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import pytest
+
+from RegisterByGenerationLib.batch import SUMMARY_COLUMNS, CaseResult, find_cases, read_summary, run_batch, write_summary
+from RegisterByGenerationLib.cli import main
+from RegisterByGenerationLib.errors import InputError, ModelError
+
+
+@pytest.fixture(scope="module")
+def phantom_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("phantoms")
+
+
+@pytest.fixture
+def data_dir(phantom_root, tmp_path) -> Path:
+    """Two good phantom cases, one with a corrupt mr.nii.gz, and a non-case folder."""
+    from RegisterByGenerationLib.phantoms import write_phantom_dataset
+
+    if not any(phantom_root.iterdir()):
+        write_phantom_dataset(phantom_root, cases=2, seed=3, modality="mr", size=(48, 40, 16))
+    data = tmp_path / "data"
+    shutil.copytree(phantom_root, data)
+    good = sorted(p for p in data.iterdir() if p.is_dir())
+    broken = data / "zz-broken"
+    broken.mkdir()
+    (broken / "mr.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
+    shutil.copy(good[0] / "ct.nii.gz", broken / "ct.nii.gz")
+    (data / "overview").mkdir()  # SynthRAD ships spreadsheets here; not a case
+    (data / "overview" / "notes.txt").write_text("not a case")
+    return data
+
+
+def _rows(path: Path) -> dict[str, dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as stream:
+        return {row["case"]: row for row in csv.DictReader(stream)}
+
+
+def test_batch_isolates_failures_and_resumes(data_dir, tiny_mr_model, tmp_path):
+    out = tmp_path / "out"
+    seen = []
+    results = run_batch(data_dir, out, model=tiny_mr_model, device="cpu", prealign=False, bones="none", on_case=seen.append)
+    good = sorted(p.name for p in data_dir.iterdir() if (p / "ct_aligned.nii.gz").exists())
+    assert [r.case_id for r in results] == [*good, "zz-broken"] == [r.case_id for r in seen]
+    assert [r.status for r in results] == ["done", "done", "failed"]
+    assert "mr.nii.gz: cannot be read as an image" in results[2].error
+    for case in good:
+        assert (out / case / "pseudo_ct.nii.gz").is_file()
+    assert not (out / "zz-broken" / "pseudo_ct.nii.gz").exists()
+
+    rows = _rows(out / "summary.csv")
+    assert list(rows) == [*good, "zz-broken"]
+    header = list(next(iter(rows.values())))
+    assert header[: len(SUMMARY_COLUMNS)] == list(SUMMARY_COLUMNS)
+    for case in good:
+        row = rows[case]
+        assert row["status"] == "done" and float(row["seconds"]) > 0 and row["error"] == ""
+        for metric in ("mae", "psnr", "gradient_correlation", "nmi", "sharpness", "tv_z"):
+            assert row[metric] != "", f"{case}: {metric} missing"
+        assert float(row["mae"]) >= 0  # vs ct_aligned.nii.gz, the phantom's truth
+    assert rows["zz-broken"]["status"] == "failed" and rows["zz-broken"]["mae"] == ""
+
+    stamps = {case: (out / case / "pseudo_ct.nii.gz").stat().st_mtime_ns for case in good}
+    again = run_batch(data_dir, out, model=tiny_mr_model, device="cpu", prealign=False, bones="none")
+    assert [r.status for r in again] == ["skipped", "skipped", "failed"]
+    assert {case: (out / case / "pseudo_ct.nii.gz").stat().st_mtime_ns for case in good} == stamps
+    rows_again = _rows(out / "summary.csv")
+    for case in good:  # a skipped case keeps the metrics of the run that made it
+        assert rows_again[case]["mae"] == rows[case]["mae"] and rows_again[case]["status"] == "skipped"
+
+
+def test_batch_command(data_dir, tiny_mr_model, tmp_path, capsys):
+    out = tmp_path / "out"
+    shutil.rmtree(data_dir / "zz-broken")
+    first = sorted(p for p in data_dir.iterdir() if (p / "ct_aligned.nii.gz").exists())[0]
+    (out / first.name).mkdir(parents=True)
+    shutil.copy(first / "ct.nii.gz", out / first.name / "pseudo_ct.nii.gz")  # looks done: skipped
+    code = main(["batch", str(data_dir), "-o", str(out), "--model", str(tiny_mr_model), "--device", "cpu", "--no-prealign", "--bones", "none", "--progress", "none"])
+    assert code == 0
+    assert "1 done, 1 skipped, 0 failed" in capsys.readouterr().err
+    rows = _rows(out / "summary.csv")
+    assert [row["status"] for row in rows.values()] == ["skipped", "done"]
+
+
+def test_batch_stops_on_a_model_that_cannot_load(data_dir, tmp_path):
+    with pytest.raises(ModelError, match="not found"):
+        run_batch(data_dir, tmp_path / "out", model="no-such-model", device="cpu")
+
+
+def test_find_cases(tmp_path):
+    with pytest.raises(InputError, match="not a folder"):
+        find_cases(tmp_path / "missing")
+    with pytest.raises(InputError, match="no case folders"):
+        find_cases(tmp_path)
+    for name, files in {"a": ["mr.nii.gz", "ct.nii.gz", "mask.nii.gz"], "b": ["ct.nii.gz"], "c": ["cbct.nii.gz"]}.items():
+        (tmp_path / name).mkdir()
+        for file in files:
+            (tmp_path / name / file).write_bytes(b"")
+    with pytest.raises(InputError, match="both mr.nii.gz and cbct.nii.gz"):
+        find_cases(tmp_path)
+    modality, cases = find_cases(tmp_path, "mr")
+    assert modality == "mr"
+    assert cases[0].case_id == "a" and cases[0].mask_path == tmp_path / "a" / "mask.nii.gz" and cases[0].truth_path is None
+    assert isinstance(cases[1], CaseResult) and cases[1].status == "failed" and "missing mr.nii.gz" in cases[1].error
+    assert [c.case_id for c in cases] == ["a", "b"]  # c has no mr.nii.gz and no ct.nii.gz
+    modality, cases = find_cases(tmp_path, "cbct")
+    assert [(c.case_id, c.status) for c in cases] == [("a", "failed"), ("b", "failed"), ("c", "failed")]
+    assert "missing ct.nii.gz" in cases[2].error
+
+
+def test_summary_round_trip_and_odd_values(tmp_path):
+    results = [CaseResult("x", "done", 1.234, metrics={"mae": 12.5, "bone_hd95": float("inf"), "zeta": 1.0}), CaseResult("y", "failed", 0.5, error="y: broken, really")]
+    path = write_summary(results, tmp_path / "summary.csv")
+    rows = read_summary(path)
+    assert list(rows[0]) == [*SUMMARY_COLUMNS, "mae", "bone_hd95", "zeta"]
+    assert rows[0]["bone_hd95"] == "inf" and rows[0]["seconds"] == "1.23"
+    assert rows[1]["error"] == "y: broken, really" and rows[1]["mae"] == ""
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.csv"]  # no temporary file left
