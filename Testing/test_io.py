@@ -253,3 +253,18 @@ def test_same_geometry():
     assert not same_geometry(image, moved)
     assert same_geometry(image, moved, tolerance=1e-2)
     assert not same_geometry(image, make_volume(size=(40, 32, 11)))
+
+
+def test_atomic_writes_get_plain_file_permissions(tmp_path):
+    import os
+    import stat
+
+    from RegisterByGenerationLib.io import atomic_path
+
+    previous = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "a.json") as tmp:
+            tmp.write_text("{}")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
