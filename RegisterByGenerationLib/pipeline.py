@@ -4,7 +4,7 @@
 
     pipeline = Pipeline("phantom-mr-lite", device="auto")
     result = pipeline.run(read_image("mr.nii.gz"), read_image("ct.nii.gz"))
-    write_outputs(result, "out/")
+    process_case(pipeline, "mr.nii.gz", "ct.nii.gz", "out/")   # files to files: case.py
 
 Per case: rigid pre-alignment of the reference CT to the input (optional), resampling of
 the reference onto the input grid, the slice canvas of the model (reorientation,
@@ -19,12 +19,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,17 +31,16 @@ import torch
 from .errors import Cancelled, InputError, ModelError
 from .geometry import CanvasGrid
 from .intensity import normalization_from_config
-from .io import check_writable_dir, write_image
 from .modelstore import ModelInfo, default_model_name, find_model, load_model
 from .plausibility import check_memory, check_modalities, estimate_peak_bytes
 from .preprocess import AIR_HU, normalise_input, prealign_reference
 from .progress import ProgressCallback, SubProgress
 
-__all__ = ["Pipeline", "PipelineResult", "select_device", "write_outputs", "OUTPUT_FILES"]
+__all__ = ["Pipeline", "PipelineResult", "select_device", "OUTPUT_FILES"]
 
 logger = logging.getLogger(__name__)
 
-#: File names written by :func:`write_outputs` (the Slicer module and batch runs read these).
+#: File names of the images :func:`~RegisterByGenerationLib.case.process_case` writes.
 OUTPUT_FILES = {
     "pseudo_ct": "pseudo_ct.nii.gz",
     "stage1": "stage1.nii.gz",
@@ -259,31 +255,3 @@ def _to_int16_hu(image: sitk.Image) -> sitk.Image:
     result = sitk.GetImageFromArray(array)
     result.CopyInformation(image)
     return result
-
-
-def write_outputs(result: PipelineResult, out_dir: str | os.PathLike, *, save_intermediate: bool = False) -> dict[str, Path]:
-    """Write the run's images into ``out_dir``: all are staged in a hidden folder there
-    first and moved in only once every file is complete.
-
-    Returns:
-        Output name (keys of :data:`OUTPUT_FILES`) → written path.
-    """
-    out_dir = check_writable_dir(out_dir)
-    images = {"pseudo_ct": result.pseudo_ct}
-    if save_intermediate:
-        images.update(stage1=result.stage1, flow_magnitude=result.flow_magnitude, reference_prealigned=result.reference_prealigned)
-        missing = [name for name, image in images.items() if image is None]
-        if missing:
-            raise ValueError(f"intermediate outputs {missing} were not kept; run with keep_intermediate=True")
-    staging = Path(tempfile.mkdtemp(prefix=".rbg-staging-", dir=out_dir))
-    try:
-        for name, image in images.items():
-            write_image(image, staging / OUTPUT_FILES[name])
-        written = {}
-        for name in images:
-            target = out_dir / OUTPUT_FILES[name]
-            os.replace(staging / OUTPUT_FILES[name], target)
-            written[name] = target
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return written
