@@ -482,14 +482,19 @@ class RunProcess:
         output file this run created or replaced, so the folder is as it was (or empty)."""
         if self.output_dir is None or not self.output_dir.is_dir():
             return
-        known = set(_output_file_names().values())
+        changed = []
         for path in self.output_dir.iterdir():
             if path.is_dir() and path.name.startswith(_STAGING_PREFIX):
                 shutil.rmtree(path, ignore_errors=True)
             elif path.is_file() and path.name.startswith(".") and ".part" in path.name:
                 path.unlink(missing_ok=True)
-            elif path.is_file() and path.name in known and self._preexisting.get(path.name) != path.stat().st_mtime:
-                path.unlink(missing_ok=True)
+            elif path.is_file() and self._preexisting.get(path.name) != path.stat().st_mtime:
+                changed.append(path)
+        if changed:  # rare (a cancel while files were moved in): only then load the names
+            known = set(_output_file_names().values())
+            for path in changed:
+                if path.name in known:
+                    path.unlink(missing_ok=True)
 
     def __del__(self) -> None:  # a host that forgets to cancel must not leave an orphan computing
         process = getattr(self, "_process", None)

@@ -13,6 +13,18 @@ from RegisterByGenerationLib.cli import main
 from RegisterByGenerationLib.errors import InputError, ModelError
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One compute thread: on a shared, busy CPU, OpenMP threads waiting for each other
+    make the tiny model ~100x slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def phantom_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("phantoms")

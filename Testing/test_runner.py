@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,6 +23,9 @@ from RegisterByGenerationLib.runner import (
 )
 
 PACKAGE_PARENT = str(Path(__file__).resolve().parents[1])
+#: One compute thread per child: on a shared, busy CPU, OpenMP threads waiting for each
+#: other make a tiny model ~100x slower (measured 7 s instead of 0.08 s per forward).
+CHILD_ENV = library_environment({**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 def _bones_option() -> str | None:
@@ -87,7 +91,7 @@ def test_unstarted_process_is_refused():
 def test_progress_arrives_in_order_and_outputs_are_found(phantom_case, tiny_mr_model, tmp_path):
     out = tmp_path / "out"
     # From another folder, as from Slicer: the child finds the package through PYTHONPATH.
-    process = RunProcess(_command(phantom_case, out, tiny_mr_model), cwd=tmp_path).start()
+    process = RunProcess(_command(phantom_case, out, tiny_mr_model), env=CHILD_ENV, cwd=tmp_path).start()
     events = []
     code = process.wait(timeout=180, callback=events.append)
     assert code == 0, process.log_lines
@@ -117,7 +121,7 @@ def test_outputs_fall_back_to_known_file_names(tmp_path):
 
 def test_cancel_stops_within_seconds_and_leaves_no_outputs(phantom_case, tiny_mr_model, tmp_path):
     out = tmp_path / "out"
-    process = RunProcess(_command(phantom_case, out, tiny_mr_model, prealign=True)).start()
+    process = RunProcess(_command(phantom_case, out, tiny_mr_model, prealign=True), env=CHILD_ENV).start()
     seen = []
     deadline = time.monotonic() + 180
     while not any(e.kind == "progress" for e in seen):  # the child is inside the pipeline now
@@ -162,6 +166,34 @@ def test_cancel_kills_a_tree_that_ignores_interrupt_and_terminate():
     assert _gone(process.pid) and _gone(grandchild)
 
 
+def test_runner_lifecycle_needs_no_heavy_package(tmp_path):
+    """Slicer's own process has no torch or SimpleITK before the first install: start,
+    poll, cancel, wait and outputs must work with them blocked (they run in the child)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "earlier.txt").write_text("kept")
+    child_code = f"import time; open({str(out / 'pseudo_ct.nii.gz')!r}, 'w'); print(1, flush=True); time.sleep(30)"
+    code = (
+        "import sys, time\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in {'torch', 'SimpleITK', 'numpy', 'scipy', 'monai', 'safetensors'}:\n"
+        "            raise ImportError(f'blocked: {name}')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from RegisterByGenerationLib.runner import RunProcess\n"
+        f"child = [sys.executable, '-c', {child_code!r}]\n"
+        f"process = RunProcess(child, output_dir={str(out)!r}).start()\n"
+        "while not process.poll(): time.sleep(0.02)\n"
+        "process.cancel(timeout=2)\n"
+        "assert process.wait(timeout=10) != 0 and process.outputs() == {}, process.log_lines\n"
+        "print(process.error_message)\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", code], env=library_environment(), capture_output=True, text=True, timeout=60)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == "cancelled; nothing was written"
+    assert sorted(p.name for p in out.iterdir()) == ["earlier.txt"]  # the partial pseudo-CT went, older files stay
+
+
 def _gone(pid: int) -> bool:
     """Not running: no such process, or a zombie waiting for its (new) parent to reap it."""
     try:
@@ -173,8 +205,8 @@ def _gone(pid: int) -> bool:
 def test_failing_runs_report_their_one_line_error(phantom_case, tiny_mr_model, tmp_path):
     missing = tmp_path / "no-such-mr.nii.gz"
     runs = {
-        "missing input": RunProcess(build_run_command(sys.executable, missing, phantom_case / "ct.nii.gz", tmp_path / "a", model=tiny_mr_model, device="cpu")).start(),
-        "unknown model": RunProcess(_command(phantom_case, tmp_path / "b", tiny_mr_model, model="no-such-model")).start(),
+        "missing input": RunProcess(build_run_command(sys.executable, missing, phantom_case / "ct.nii.gz", tmp_path / "a", model=tiny_mr_model, device="cpu"), env=CHILD_ENV).start(),
+        "unknown model": RunProcess(_command(phantom_case, tmp_path / "b", tiny_mr_model, model="no-such-model"), env=CHILD_ENV).start(),
     }
     codes = {name: run.wait(timeout=120) for name, run in runs.items()}
     assert codes == {"missing input": 1, "unknown model": 1}
