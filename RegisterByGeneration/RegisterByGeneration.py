@@ -6,6 +6,7 @@ work runs in a ``PythonSlicer`` child process (``python -m RegisterByGenerationL
 responsive, Cancel stops the whole process tree, and torch is never loaded into Slicer.
 """
 
+import dataclasses
 import enum
 import json
 import logging
@@ -13,6 +14,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 
 import qt
@@ -60,28 +62,23 @@ Fillion-Robin (Kitware), Andras Lasso (PerkLab) and Steve Pieper (Isomics).
 #
 
 
+# Values are the library's words; label() is what the combo boxes show (parameterNodeWrapper uses it).
 class Modality(enum.Enum):
-    MR = "mr"
-    CBCT = "cbct"
+    MR, CBCT = "mr", "cbct"
 
     def label(self):
-        return {"mr": "MR", "cbct": "CBCT"}[self.value]
+        return self.value.upper()
 
 
 class Device(enum.Enum):
-    AUTO = "auto"
-    CUDA = "cuda"
-    CPU = "cpu"
+    AUTO, CUDA, CPU = "auto", "cuda", "cpu"
 
     def label(self):
         return {"auto": _("Automatic (GPU if available)"), "cuda": _("GPU (CUDA)"), "cpu": _("CPU")}[self.value]
 
 
 class BoneMethod(enum.Enum):
-    AUTO = "auto"
-    TOTALSEGMENTATOR = "totalsegmentator"
-    THRESHOLD = "threshold"
-    NONE = "none"
+    AUTO, TOTALSEGMENTATOR, THRESHOLD, NONE = "auto", "totalsegmentator", "threshold", "none"
 
     def label(self):
         return {"auto": _("Automatic"), "totalsegmentator": _("TotalSegmentator"), "threshold": _("HU threshold"), "none": _("None")}[self.value]
@@ -262,7 +259,11 @@ class RegisterByGenerationWidget(ScriptedLoadableModuleWidget, VTKObservationMix
             self._parameterNode.outputVolume = result.outputVolume
             if result.boneSegmentation:
                 self._parameterNode.outputSegmentation = result.boneSegmentation
-            self.ui.statusLabel.text = _("Done in {seconds:.0f} s on {device}.").format(seconds=result.seconds, device=result.device)
+            status = _("Done in {seconds:.0f} s on {device}.").format(seconds=result.seconds, device=result.device)
+            bones = (result.report or {}).get("bones") or {}
+            if bones.get("method"):  # which bone method ran, and why "auto" fell back
+                status += " " + _("Bones: {method}.").format(method=bones["method"]) + (f" ({bones['note']})" if bones.get("note") else "")
+            self.ui.statusLabel.text = status
         elif result.cancelled:
             self.ui.statusLabel.text = _("Cancelled; the scene was not changed.")
         else:
@@ -276,19 +277,19 @@ class RegisterByGenerationWidget(ScriptedLoadableModuleWidget, VTKObservationMix
 #
 
 
+@dataclasses.dataclass
 class RegisterByGenerationResult:
     """What a run produced. ``report`` is the run's report.json (or None); ``log`` its text lines."""
 
-    def __init__(self):
-        self.success = False
-        self.cancelled = False
-        self.errorMessage = ""
-        self.outputVolume = None
-        self.boneSegmentation = None
-        self.report = None
-        self.device = ""
-        self.seconds = 0.0
-        self.log = []
+    success: bool = False
+    cancelled: bool = False
+    errorMessage: str = ""
+    outputVolume: object = None
+    boneSegmentation: object = None
+    report: object = None
+    device: str = ""
+    seconds: float = 0.0
+    log: list = dataclasses.field(default_factory=list)
 
 
 class RegisterByGenerationLogic(ScriptedLoadableModuleLogic):
@@ -310,9 +311,11 @@ class RegisterByGenerationLogic(ScriptedLoadableModuleLogic):
         return self._task is not None
 
     def cancel(self) -> None:
-        """Stop the running process tree; the completion callback then reports a cancel."""
-        if self._task is not None:
-            self._task["process"].cancel()
+        """Stop the running process tree; the completion callback then reports a cancel.
+        Returns at once: the stopping (up to a few seconds) runs on a worker thread."""
+        if self._task is not None and not self._task["cancelling"]:
+            self._task["cancelling"] = True
+            threading.Thread(target=self._task["process"].cancel, name="RegisterByGeneration-cancel", daemon=True).start()
 
     @staticmethod
     def validationError(inputVolume, referenceVolume, outputVolume=None):
@@ -370,7 +373,7 @@ class RegisterByGenerationLogic(ScriptedLoadableModuleLogic):
             raise
         task = self._task = dict(process=process, tempDir=tempDir, inputVolume=inputVolume, outputVolume=outputVolume,
                                  boneSegmentation=boneSegmentation, wantBones=boneMethod != "none", progressCallback=progressCallback,
-                                 logCallback=logCallback, completedCallback=completedCallback, result=None)
+                                 logCallback=logCallback, completedCallback=completedCallback, result=None, cancelling=False)
         if not waitForCompletion:
             self._timer = qt.QTimer()
             self._timer.setInterval(self.POLL_INTERVAL_MS)
@@ -431,22 +434,19 @@ class RegisterByGenerationLogic(ScriptedLoadableModuleLogic):
 
     def _loadResults(self, task, process, result) -> None:
         """Load the pseudo-CT (and bones) into temporary nodes, check them, then commit to the scene."""
-        outputs, inputVolume = process.outputs(), task["inputVolume"]
-        if "pseudo_ct" not in outputs:
+        inputVolume, pseudoCtPath, reportPath = task["inputVolume"], process.output_file("pseudo_ct.nii.gz"), process.output_file("report.json")
+        if pseudoCtPath is None:
             raise RuntimeError(_("the processing ended without writing a pseudo-CT"))
-        summary = process.result or {}
-        result.device = summary.get("device", "")
-        reportPath = _outputFile(outputs, process.output_dir, "report.json")
+        result.device = (process.result or {}).get("device", "")
         if reportPath:
-            with open(reportPath, encoding="utf-8") as stream:
-                result.report = json.load(stream)
-        loadedVolume = slicer.util.loadVolume(str(outputs["pseudo_ct"]), {"show": False, "singleFile": True})
+            result.report = json.loads(reportPath.read_text(encoding="utf-8"))
+        loadedVolume = slicer.util.loadVolume(str(pseudoCtPath), {"show": False, "singleFile": True})
         loadedBones = None
         try:
             inputGeometry = worldGeometry(inputVolume)
             if not sameGeometry(worldGeometry(loadedVolume), inputGeometry, self.GEOMETRY_TOLERANCE_MM):
                 raise RuntimeError(_("the pseudo-CT's geometry differs from the input's"))
-            bonesPath = _outputFile(outputs, process.output_dir, "bones.seg.nrrd")
+            bonesPath = process.output_file("bones.seg.nrrd")
             if task["wantBones"] and bonesPath:
                 loadedBones = slicer.util.loadSegmentation(str(bonesPath))
             # Everything is loaded and checked: from here on the scene is changed.
@@ -516,22 +516,8 @@ class RegisterByGenerationLogic(ScriptedLoadableModuleLogic):
 
 
 def _choice(value, enumType):
-    """The string value of an enum member or of a case-insensitive string naming one."""
-    if isinstance(value, enumType):
-        return value.value
-    for member in enumType:
-        if str(value).lower() == member.value:
-            return member.value
-    raise ValueError(f"{enumType.__name__.lower()} must be one of {', '.join(m.value for m in enumType)}, got {value!r}")
-
-
-def _outputFile(outputs, outputDir, fileName):
-    """Path of an output file of the run by its file name (None when it was not written)."""
-    for path in outputs.values():
-        if os.path.basename(str(path)) == fileName and os.path.isfile(path):
-            return str(path)
-    candidate = os.path.join(str(outputDir), fileName)
-    return candidate if os.path.isfile(candidate) else None
+    """The value of an enum member, or of the one a case-insensitive string names (else ValueError)."""
+    return value.value if isinstance(value, enumType) else enumType(str(value).lower()).value
 
 
 def _confirm(text, default=True):
@@ -605,7 +591,8 @@ class RegisterByGenerationTest(ScriptedLoadableModuleTest):
             completed = subprocess.run(argv, env=library_environment(), capture_output=True, text=True)
             self.assertEqual(completed.returncode, 0, completed.stderr)
             caseDir = next(os.path.join(folder, name) for name in sorted(os.listdir(folder)) if os.path.isdir(os.path.join(folder, name)))
-            return (slicer.util.loadVolume(os.path.join(caseDir, "mr.nii.gz")), slicer.util.loadVolume(os.path.join(caseDir, "ct.nii.gz")))
+            return [loader(os.path.join(caseDir, name)) for loader, name in (
+                (slicer.util.loadVolume, "mr.nii.gz"), (slicer.util.loadVolume, "ct.nii.gz"), (slicer.util.loadLabelVolume, "mask.nii.gz"))]
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -622,20 +609,27 @@ class RegisterByGenerationTest(ScriptedLoadableModuleTest):
     def test_PhantomPseudoCT(self):
         import unittest
 
+        import numpy as np
+        from RegisterByGenerationLib.errors import ModelError
+        from RegisterByGenerationLib.modelstore import default_model_name, find_model
+
         ok, status = install.torch_is_usable()
         if not ok or install.missing_requirements():
             raise unittest.SkipTest(f"dependencies not installed ({status}); open the module once and click Apply to install them")
-        if not any(info.modality == "mr" for info in list_models()):
-            raise unittest.SkipTest(f"no MR model installed (bundled or in {user_models_dir()})")
+        try:
+            find_model(default_model_name("mr"))
+        except ModelError as error:
+            raise unittest.SkipTest(f"the default MR model is not installed ({error})")
         self.delayDisplay("Generating a phantom")
-        inputVolume, referenceVolume = self._phantom()
-        self.delayDisplay("Running on the CPU")
+        inputVolume, referenceVolume, bodyMask = self._phantom()
+        self.delayDisplay("Running the default MR model on the CPU")
         result = RegisterByGenerationLogic().process(inputVolume, referenceVolume, modality="MR", device="cpu", boneMethod="threshold")
         self.assertTrue(sameGeometry(worldGeometry(result.outputVolume), worldGeometry(inputVolume), 1e-6))
-        low, high = result.outputVolume.GetImageData().GetScalarRange()
-        self.assertGreaterEqual(low, -1100)
-        self.assertLessEqual(high, 3100)
-        self.assertGreater(high - low, 500, "pseudo-CT has no contrast between air and tissue")
+        hu = slicer.util.arrayFromVolume(result.outputVolume)
+        self.assertLessEqual(hu.min(), -900, "no air around the body")
+        self.assertGreaterEqual(hu.max(), 300, "no bone")
+        bodyMedian = float(np.median(hu[slicer.util.arrayFromVolume(bodyMask) > 0]))
+        self.assertTrue(-150 <= bodyMedian <= 150, f"median HU in the body is {bodyMedian}, not soft tissue")
         segmentation = result.boneSegmentation.GetSegmentation()
         from RegisterByGenerationLib.bone_labels import BONE_LABELS
 

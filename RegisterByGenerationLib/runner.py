@@ -472,6 +472,15 @@ class RunProcess:
             return {}
         return {name: self.output_dir / file for name, file in _output_file_names().items() if (self.output_dir / file).exists()}
 
+    def output_file(self, file_name: str) -> Path | None:
+        """Path of the written output with this file name (``"bones.seg.nrrd"``), else None;
+        found by name, so it does not depend on the keys ``rbg run`` gives its outputs."""
+        for path in self.outputs().values():
+            if path.name == file_name:
+                return path
+        candidate = None if self.output_dir is None or self.returncode != 0 else self.output_dir / file_name
+        return candidate if candidate is not None and candidate.is_file() else None
+
     def _snapshot_outputs(self) -> dict[str, float]:
         if self.output_dir is None or not self.output_dir.is_dir():
             return {}

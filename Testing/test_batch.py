@@ -57,14 +57,14 @@ def _rows(path: Path) -> dict[str, dict[str, str]]:
 def test_batch_isolates_failures_and_resumes(data_dir, tiny_mr_model, tmp_path):
     out = tmp_path / "out"
     seen = []
-    results = run_batch(data_dir, out, model=tiny_mr_model, device="cpu", prealign=False, bones="none", on_case=seen.append)
+    results = run_batch(data_dir, out, model=tiny_mr_model, device="cpu", prealign=False, bones="threshold", on_case=seen.append)
     good = sorted(p.name for p in data_dir.iterdir() if (p / "ct_aligned.nii.gz").exists())
     assert [r.case_id for r in results] == [*good, "zz-broken"] == [r.case_id for r in seen]
     assert [r.status for r in results] == ["done", "done", "failed"]
     assert "mr.nii.gz: cannot be read as an image" in results[2].error
-    for case in good:
-        assert (out / case / "pseudo_ct.nii.gz").is_file()
-    assert not (out / "zz-broken" / "pseudo_ct.nii.gz").exists()
+    for case in good:  # the files of rbg run
+        assert sorted(p.name for p in (out / case).iterdir()) == ["bones.nii.gz", "bones.seg.nrrd", "overview.png", "pseudo_ct.nii.gz", "report.json"]
+    assert not (out / "zz-broken").exists() or not any((out / "zz-broken").iterdir())
 
     rows = _rows(out / "summary.csv")
     assert list(rows) == [*good, "zz-broken"]
@@ -73,13 +73,14 @@ def test_batch_isolates_failures_and_resumes(data_dir, tiny_mr_model, tmp_path):
     for case in good:
         row = rows[case]
         assert row["status"] == "done" and float(row["seconds"]) > 0 and row["error"] == ""
-        for metric in ("mae", "psnr", "gradient_correlation", "nmi", "sharpness", "tv_z"):
+        for metric in ("mae", "psnr", "gradient_correlation", "nmi", "sharpness", "tv_z", "bone_dice", "bone_dice_label_1"):
             assert row[metric] != "", f"{case}: {metric} missing"
         assert float(row["mae"]) >= 0  # vs ct_aligned.nii.gz, the phantom's truth
+        assert 0 <= float(row["bone_dice_label_1"]) <= 1  # vs the phantom's bones.nii.gz
     assert rows["zz-broken"]["status"] == "failed" and rows["zz-broken"]["mae"] == ""
 
     stamps = {case: (out / case / "pseudo_ct.nii.gz").stat().st_mtime_ns for case in good}
-    again = run_batch(data_dir, out, model=tiny_mr_model, device="cpu", prealign=False, bones="none")
+    again = run_batch(data_dir, out, model=tiny_mr_model, device="cpu", prealign=False, bones="threshold")
     assert [r.status for r in again] == ["skipped", "skipped", "failed"]
     assert {case: (out / case / "pseudo_ct.nii.gz").stat().st_mtime_ns for case in good} == stamps
     rows_again = _rows(out / "summary.csv")

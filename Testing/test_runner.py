@@ -105,6 +105,10 @@ def test_progress_arrives_in_order_and_outputs_are_found(phantom_case, tiny_mr_m
     outputs = process.outputs()
     assert outputs["pseudo_ct"] == out / "pseudo_ct.nii.gz"
     assert same_geometry(sitk.ReadImage(str(outputs["pseudo_ct"])), sitk.ReadImage(str(phantom_case / "mr.nii.gz")))
+    # What the Slicer module looks up by file name (bones are off in these runs).
+    assert process.output_file("pseudo_ct.nii.gz") == outputs["pseudo_ct"]
+    assert process.output_file("report.json") == out / "report.json"
+    assert process.output_file("bones.seg.nrrd") is None
     assert process.poll() == []  # nothing after the exit event
 
 
@@ -117,6 +121,7 @@ def test_outputs_fall_back_to_known_file_names(tmp_path):
     assert process.wait(timeout=30) == 0
     assert process.result is None and process.log_lines == ["not a progress record"]
     assert process.outputs() == {"pseudo_ct": out / "pseudo_ct.nii.gz"}
+    assert process.output_file("pseudo_ct.nii.gz") == out / "pseudo_ct.nii.gz" and process.output_file("report.json") is None
 
 
 def test_cancel_stops_within_seconds_and_leaves_no_outputs(phantom_case, tiny_mr_model, tmp_path):

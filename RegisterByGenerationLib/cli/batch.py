@@ -39,9 +39,13 @@ def run(args: argparse.Namespace) -> int:
     progress = make_progress(args.progress)
 
     def report(result) -> None:
-        if args.progress != "json":
-            detail = f" ({result.error})" if result.error else ""
-            print(f"{result.case_id}: {result.status} in {result.seconds:.1f} s{detail}", file=sys.stderr, flush=True)
+        if args.progress == "json":
+            return
+        if result.status == "skipped":
+            line = f"{result.case_id}: skipped (its pseudo_ct.nii.gz exists)"
+        else:
+            line = f"{result.case_id}: {result.status} in {result.seconds:.1f} s" + (f" ({result.error})" if result.error else "")
+        print(line, file=sys.stderr, flush=True)
 
     try:
         results = run_batch(
