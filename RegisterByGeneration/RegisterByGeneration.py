@@ -256,9 +256,10 @@ class RegisterByGenerationWidget(ScriptedLoadableModuleWidget, VTKObservationMix
     def onCompleted(self, result) -> None:
         self.ui.progressBar.hide()
         if result.success:
-            self._parameterNode.outputVolume = result.outputVolume
-            if result.boneSegmentation:
-                self._parameterNode.outputSegmentation = result.boneSegmentation
+            if self._parameterNode:  # None if the scene was closed meanwhile
+                self._parameterNode.outputVolume = result.outputVolume
+                if result.boneSegmentation:
+                    self._parameterNode.outputSegmentation = result.boneSegmentation
             status = _("Done in {seconds:.0f} s on {device}.").format(seconds=result.seconds, device=result.device)
             bones = (result.report or {}).get("bones") or {}
             if bones.get("method"):  # which bone method ran, and why "auto" fell back
