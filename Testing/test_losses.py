@@ -165,8 +165,7 @@ def torchvision_layout_state() -> dict[str, torch.Tensor]:
     Two layers hold random values to check what is loaded; the rest are constants
     expanded to their shapes (one stored element each, so the files stay small).
     """
-    with torch.device("meta"):
-        shapes = {f"features.{k}": v.shape for k, v in VGG19Features(("conv5_4",)).features.state_dict().items()}
+    shapes = {f"features.{k}": v.shape for k, v in VGG19Features(("conv5_4",)).features.state_dict().items()}
     generator = _generator(3)
     state = {key: torch.full((1,) * len(shape), 0.01).expand(shape) for key, shape in shapes.items()}
     for key in ("features.2.weight", "features.12.weight"):
@@ -185,7 +184,7 @@ def test_vgg_loads_torchvision_layout_strictly(tmp_path, torchvision_layout_stat
     assert net.description.startswith("vgg19-imagenet (file vgg19.pth, sha256 ")
     assert not any(p.requires_grad for p in net.parameters())
     random = VGG19Features(("conv1_2",), seed=0)
-    assert random.description == "vgg19-random (He init, seed 0)"
+    assert random.description == "vgg19-random (He init, random biases, seed 0)"
     assert torch.equal(random.features[0].weight, VGG19Features(("conv1_2",), seed=0).features[0].weight)
 
 
@@ -225,3 +224,11 @@ def test_vgg_features_shapes_and_stays_frozen():
     assert not net.training
     features = net(torch.zeros(2, 1, 32, 32))
     assert [tuple(f.shape) for f in features] == [(2, 64, 32, 32), (2, 256, 8, 8)]
+
+
+def test_random_vgg_tells_flat_intensities_apart():
+    """With zero biases every flat region gives the same feature direction (a ReLU net is
+    positively homogeneous); the random biases make air and soft tissue differ."""
+    net = VGG19Features(("conv1_2",), seed=0)
+    air, soft_tissue = (net(torch.full((1, 1, 16, 16), value))[0][0, :, 8, 8] for value in (-0.9, -0.5))
+    assert torch.nn.functional.cosine_similarity(air, soft_tissue, dim=0).item() < 0.97

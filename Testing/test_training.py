@@ -102,7 +102,7 @@ def test_train_all_writes_checkpoints_logs_and_a_loadable_model(trained_run, pha
     assert card["data"]["kind"].startswith("synthetic pelvis phantoms")
     seed_of = {"1PS0500": 500, "1PS0501": 501}
     assert card["data"]["phantom_seeds"] == {"train": [seed_of[c] for c in info["data"]["train"]], "val": [seed_of[c] for c in info["data"]["val"]]}
-    assert card["feature_networks"]["contextual"].startswith("vgg19-random (He init, seed 0)")
+    assert card["feature_networks"]["contextual"].startswith("vgg19-random (He init, random biases, seed 0)")
     assert "not for clinical use" in card["note"] and "To train on real data" in card["note"]
     assert set(card["epochs"]) == {"stage1", "registration", "stage2"} and card["hardware"]
     load_model(model_info)
@@ -171,6 +171,22 @@ def test_each_phase_overfits_a_fixed_batch(cases, phase):
         else:
             history.append(step.weights.nce * losses["nce"] + step.weights.cx * losses["cx"])
     assert np.mean(history[-4:]) < 0.85 * np.mean(history[:4]), [round(h, 2) for h in history]
+
+
+@pytest.mark.parametrize("phase", ["stage1", "stage2"])
+def test_identity_term_is_off_in_the_presets_and_optional(cases, phase):
+    """The CycleGAN identity loss L1(net(y as input), y) is not part of the published
+    recipe: 0 in every preset, added to the total only when its weight is positive."""
+    assert all(getattr(TrainingConfig.preset_named(p), f"{phase}_identity_weight") == 0 for p in ("tiny", "lite", "full"))
+    for weight in (0.0, 2.0):
+        torch.manual_seed(0)
+        config = TrainingConfig.tiny(**{f"{phase}_identity_weight": weight})
+        step = build_phase(phase, build_model(config.model), config, DistributedContext(), torch.Generator().manual_seed(1), torch.Generator().manual_seed(2))
+        step.train_mode()
+        losses = step.train_step(_batch(cases, config))
+        expected = step.weights.nce * losses["nce"] + step.weights.cx * losses["cx"] + step.weights.gan * losses["gan"] + weight * losses["identity"]
+        assert losses["total"] == pytest.approx(expected, rel=1e-5)
+        assert (losses["identity"] > 0) == (weight > 0)
 
 
 def test_resume_continues_exactly(phantom_data, trained_run, tmp_path):

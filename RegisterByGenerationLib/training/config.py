@@ -112,7 +112,16 @@ class AugmentSettings:
 
 @dataclass
 class TrainingConfig:
-    """Everything a training run depends on (saved as ``RUN/config.json``)."""
+    """Everything a training run depends on (saved in ``RUN/run.json``).
+
+    Most fields are described in ``docs/training.md``. Two are not part of the
+    published recipe and are 0 (off) in every preset: ``stage1_identity_weight`` and
+    ``stage2_identity_weight`` add CycleGAN's identity loss, ``L1(G(y, y), y)`` for
+    Stage 1 and ``L1(F(y, y, y, 0), y)`` for Stage 2: the network fed the reference CT
+    as its input must return it. It uses only the reference (never as the target of
+    the MR/CBCT input), and on a short CPU schedule it teaches the output's CT
+    intensities much sooner than the adversarial term alone.
+    """
 
     preset: str = "lite"
     model: ModelConfig = field(default_factory=ModelConfig.lite)
@@ -134,6 +143,8 @@ class TrainingConfig:
     stage1_weights: LossWeights = field(default_factory=lambda: LossWeights(nce=5.0, cx=5.0, gan=1.0))
     stage2_weights: LossWeights = field(default_factory=lambda: LossWeights(nce=1.0, cx=10.0, gan=1.0))
     smooth_weight: float = 0.5
+    stage1_identity_weight: float = 0.0
+    stage2_identity_weight: float = 0.0
     nce_patches: int = 256
     nce_temperature: float = 0.07
     nce_projection: int = 256
@@ -173,8 +184,8 @@ class TrainingConfig:
         for name in ("nce_patches", "nce_projection", "discriminator_channels", "discriminator_layers"):
             if not _positive_int(getattr(self, name)):
                 raise InputError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if self.stage2_reference_shift_px < 0 or self.smooth_weight < 0:
-            raise InputError("stage2_reference_shift_px and smooth_weight must be non-negative")
+        if min(self.stage2_reference_shift_px, self.smooth_weight, self.stage1_identity_weight, self.stage2_identity_weight) < 0:
+            raise InputError("stage2_reference_shift_px, smooth_weight and the identity weights must be non-negative")
         self.val_cases = tuple(self.val_cases)
         self.cx_layers = tuple(self.cx_layers)
         self.stage2_nce_vgg_layers = tuple(self.stage2_nce_vgg_layers)

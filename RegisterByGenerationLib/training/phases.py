@@ -165,13 +165,20 @@ class Phase:
         _set_requires_grad(discriminator, False)
         return loss.detach()
 
+    def _identity(self, forward, y: torch.Tensor) -> torch.Tensor:
+        """CycleGAN's identity loss ``L1(net(y as input), y)`` when its weight is positive, else 0."""
+        weight = self.config.stage1_identity_weight if self.name == "stage1" else self.config.stage2_identity_weight
+        if weight <= 0:
+            return torch.zeros((), device=y.device)
+        return torch.nn.functional.l1_loss(forward(), y)
+
     def _batch(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         return tuple(batch[key].to(self.device, non_blocking=True) for key in ("x", "y", "y_shifted"))
 
 
 class Stage1Phase(Phase):
     name = "stage1"
-    loss_names = ("total", "nce", "cx", "gan", "discriminator")
+    loss_names = ("total", "nce", "cx", "gan", "discriminator", "identity")
 
     def __init__(self, model, config, context, sample_generator, noise_generator, cx_features: VGG19Features) -> None:
         super().__init__(model, config, context, sample_generator, noise_generator)
@@ -204,15 +211,16 @@ class Stage1Phase(Phase):
             gan = self.gan.generator_loss(unwrap(self.discriminator)(y_hat))
             self.model.stage1(y_hat, y, generator=self.noise_generator)  # features of the output
             queries = self.tap.take()
+        identity = self._identity(lambda: self.model.stage1(y, y, generator=self.noise_generator), y)
         q, k = self.heads(queries, keys, num_patches=self.config.nce_patches, generator=self.sample_generator)
         nce = self.nce(q, k)
         cx = self.cx(self.cx_features(y_hat), self.cx_features(y), generator=self.sample_generator)
         w = self.weights
-        total = w.nce * nce + w.cx * cx + w.gan * gan
+        total = w.nce * nce + w.cx * cx + w.gan * gan + self.config.stage1_identity_weight * identity
         self.optimizers["generator"].zero_grad(set_to_none=True)
         total.backward()
         self.optimizers["generator"].step()
-        return _floats(total=total, nce=nce, cx=cx, gan=gan, discriminator=loss_d)
+        return _floats(total=total, nce=nce, cx=cx, gan=gan, discriminator=loss_d, identity=identity)
 
     @torch.no_grad()
     def predict(self, x, y):
@@ -256,7 +264,7 @@ class RegistrationPhase(Phase):
 
 class Stage2Phase(Phase):
     name = "stage2"
-    loss_names = ("total", "nce", "cx", "gan", "discriminator")
+    loss_names = ("total", "nce", "cx", "gan", "discriminator", "identity")
 
     def __init__(self, model, config, context, sample_generator, noise_generator, cx_features: VGG19Features,
                  nce_features: VGG19Features | None) -> None:  # fmt: skip
@@ -309,12 +317,13 @@ class Stage2Phase(Phase):
         q, k = self.heads(self._nce_features(y_tilde, y), keys, num_patches=self.config.nce_patches, generator=self.sample_generator)
         nce = self.nce(q, k)
         cx = self.cx(self.cx_features(y_tilde), self.cx_features(y_shifted), generator=self.sample_generator)
+        identity = self._identity(lambda: self.model.stage2(y, y, y, torch.zeros_like(flow)), y)
         w = self.weights
-        total = w.nce * nce + w.cx * cx + w.gan * gan
+        total = w.nce * nce + w.cx * cx + w.gan * gan + self.config.stage2_identity_weight * identity
         self.optimizers["generator"].zero_grad(set_to_none=True)
         total.backward()
         self.optimizers["generator"].step()
-        return _floats(total=total, nce=nce, cx=cx, gan=gan, discriminator=loss_d)
+        return _floats(total=total, nce=nce, cx=cx, gan=gan, discriminator=loss_d, identity=identity)
 
     @torch.no_grad()
     def predict(self, x, y):
