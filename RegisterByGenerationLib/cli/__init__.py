@@ -27,6 +27,7 @@ SUBCOMMANDS = {
     "phantom": "phantom",
     "train": "train",
     "models": "models",
+    "benchmark": "benchmark",
 }
 
 

@@ -1,0 +1,141 @@
+"""``rbg benchmark``: cases, methods in worker processes, results files, missing extras."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import math
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from RegisterByGenerationLib import benchmark, cli
+from RegisterByGenerationLib.cli import benchmark as cli_benchmark
+from RegisterByGenerationLib.errors import InputError, ModelError
+from RegisterByGenerationLib.phantoms import generate_case, write_case
+
+HAVE_ANTS = importlib.util.find_spec("ants") is not None
+HAVE_ITK = importlib.util.find_spec("itk") is not None
+TINY = (32, 32, 16)
+
+
+@pytest.fixture(autouse=True)
+def only_benchmark(monkeypatch):
+    """Build the parser with this sub-command alone, so other sub-commands cannot break these tests."""
+    monkeypatch.setattr(cli, "SUBCOMMANDS", {"benchmark": "benchmark"})
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """One tiny held-out MR phantom (seed 9100, never used in training)."""
+    folder = tmp_path_factory.mktemp("bench-data")
+    write_case(generate_case(9100, "mr", TINY), folder / "mr")
+    return folder
+
+
+def test_registered_and_method_lists_agree(monkeypatch):
+    monkeypatch.undo()
+    assert cli.SUBCOMMANDS["benchmark"] == "benchmark"
+    assert cli_benchmark.METHODS == benchmark.METHODS
+
+
+def test_find_cases(data_dir, tmp_path):
+    cases = benchmark.find_cases(data_dir)
+    assert [(c.case_id, c.modality, c.kind) for c in cases] == [("1PS9100", "mr", "phantom")]
+    assert cases[0].input_path.name == "mr.nii.gz"
+    with pytest.raises(InputError, match="no case folder"):
+        benchmark.find_cases(tmp_path)
+    with pytest.raises(InputError, match="--cases"):
+        benchmark.find_cases(data_dir, cases=0)
+
+
+def test_end_to_end_rigid_stage1_rbg(data_dir, tiny_mr_model, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["benchmark", "--data", str(data_dir), "-o", str(out), "--methods", "rigid", "stage1", "rbg", "registformer",
+            "--mr-model", str(tiny_mr_model), "--threads", "1"]
+    assert cli.main(argv) == 0
+    assert "rbg benchmark: 4 rows" in capsys.readouterr().out
+    with open(out / "results.csv", newline="") as handle:
+        rows = {row["method"]: row for row in csv.DictReader(handle)}
+    assert list(rows) == ["rigid", "stage1", "rbg", "registformer"]
+    for method in ("rigid", "stage1", "rbg"):
+        row = rows[method]
+        assert row["case"] == "1PS9100" and row["threads"] == "1"
+        for key in ("mae", "psnr", "ssim", "bone_dice", "gradient_correlation", "nmi", "sharpness", "tv_z", "wall_s", "peak_mem_mb"):
+            assert math.isfinite(float(row[key])), (method, key)
+        assert float(row["wall_s"]) > 0
+    # the rigidly aligned real CT of the same phantom is far closer to the truth than random weights
+    assert float(rows["rigid"]["mae"]) < float(rows["rbg"]["mae"])
+    assert rows["stage1"]["wall_s"] == rows["rbg"]["wall_s"] and "timed together" in rows["stage1"]["note"]
+    assert rows["registformer"]["note"].startswith("skipped") and rows["registformer"]["mae"] == ""
+    table = (out / "results.md").read_text()
+    assert "| rigid | 1 |" in table and "| rbg | 1 |" in table and "### Every case" in table
+    assert (out / "figure.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_missing_extra_is_named_before_any_work(data_dir, tmp_path, monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name.split(".")[0] in ("ants", "itk", "itk_elastix") else real_find_spec(name, *a))
+    for method in ("syn", "elastix"):
+        with pytest.raises(InputError, match=r"pip install -e \.\[benchmark\]"):
+            benchmark.run_benchmark(data_dir, tmp_path / "out", methods=("rigid", method))
+    assert not (tmp_path / "out").exists()
+    assert benchmark.missing_extra("rigid") is None
+
+
+def test_bad_arguments(data_dir, tiny_mr_model, tmp_path):
+    with pytest.raises(InputError, match="--methods"):
+        benchmark.run_benchmark(data_dir, tmp_path, methods=("demons",))
+    with pytest.raises(InputError, match="--threads"):
+        benchmark.run_benchmark(data_dir, tmp_path, methods=("rigid",), threads=0)
+    cbct = tmp_path / "cbct-data"
+    write_case(generate_case(9101, "cbct", (16, 16, 16)), cbct)
+    with pytest.raises(ModelError, match="CBCT model"):
+        benchmark.run_benchmark(cbct, tmp_path / "out", methods=("rbg",), models={"cbct": str(tiny_mr_model)})
+    assert cli.main(["benchmark", "-o", str(tmp_path)]) == 1  # --data missing: one-line error
+
+
+def oblique_image() -> sitk.Image:
+    rng = np.random.default_rng(0)
+    image = sitk.GetImageFromArray(rng.normal(size=(6, 7, 8)).astype(np.float32))
+    image.SetSpacing((1.5, 0.8, 3.0))
+    image.SetOrigin((10.0, -20.0, 5.0))
+    rotation = sitk.VersorTransform((0.1, 0.2, 0.3), 0.4)
+    image.SetDirection(rotation.GetMatrix())
+    return image
+
+
+@pytest.mark.skipif(not HAVE_ANTS, reason="antspyx not installed (pip install -e .[benchmark])")
+def test_ants_round_trip_keeps_voxels_and_geometry():
+    image = oblique_image()
+    converted = benchmark.sitk_to_ants(image)
+    assert converted.shape == image.GetSize()
+    np.testing.assert_allclose(converted.origin, image.GetOrigin())
+    np.testing.assert_allclose(np.asarray(converted.direction).ravel(), image.GetDirection(), atol=1e-12)
+    # same voxel at the same index: ANTs [x, y, z] vs SimpleITK [z, y, x]
+    assert converted.numpy()[3, 2, 1] == sitk.GetArrayFromImage(image)[1, 2, 3]
+    back = benchmark.ants_to_sitk(converted, like=image)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(image))
+    np.testing.assert_allclose(back.GetDirection(), image.GetDirection(), atol=1e-12)
+
+
+@pytest.mark.skipif(not HAVE_ITK, reason="itk-elastix not installed (pip install -e .[benchmark])")
+def test_itk_conversion_keeps_geometry():
+    import itk
+
+    image = oblique_image()
+    converted = benchmark._sitk_to_itk(image)
+    np.testing.assert_allclose(tuple(converted.GetOrigin()), image.GetOrigin())
+    np.testing.assert_allclose(itk.array_from_matrix(converted.GetDirection()).ravel(), image.GetDirection(), atol=1e-12)
+    np.testing.assert_array_equal(itk.GetArrayFromImage(converted), sitk.GetArrayFromImage(image))
+
+
+@pytest.mark.skipif(not HAVE_ANTS, reason="antspyx not installed (pip install -e .[benchmark])")
+def test_syn_on_a_tiny_case_lands_on_the_input_grid(data_dir):
+    case = benchmark.find_cases(data_dir)[0]
+    input_image = sitk.ReadImage(str(case.input_path))
+    out = benchmark.run_baseline("syn", input_image, sitk.ReadImage(str(case.folder / "ct.nii.gz")), modality="mr")
+    assert out.GetSize() == input_image.GetSize() and out.GetOrigin() == input_image.GetOrigin()
+    array = sitk.GetArrayFromImage(out)
+    assert array.min() >= -1100 and array.max() > 300  # HU, with bone carried over from the CT
