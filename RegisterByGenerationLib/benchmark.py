@@ -57,6 +57,9 @@ __all__ = [
     "missing_extra",
     "run_baseline",
     "run_benchmark",
+    "read_results",
+    "write_results",
+    "markdown_tables",
     "sitk_to_ants",
     "ants_to_sitk",
 ]
@@ -400,8 +403,8 @@ def _job_groups(methods: tuple[str, ...]) -> list[tuple[str, ...]]:
 
 
 def write_results(rows: list[dict[str, Any]], out_dir: str | os.PathLike) -> None:
-    """Write ``results.csv`` and ``results.md`` atomically."""
-    out = Path(out_dir)
+    """Write ``results.csv`` and ``results.md`` atomically into ``out_dir`` (created)."""
+    out = check_writable_dir(out_dir)
     with atomic_path(out / "results.csv") as tmp:
         with open(tmp, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
@@ -410,6 +413,33 @@ def write_results(rows: list[dict[str, Any]], out_dir: str | os.PathLike) -> Non
                 writer.writerow({key: _format(row.get(key, "")) for key in COLUMNS})
     with atomic_path(out / "results.md") as tmp:
         tmp.write_text(markdown_tables(rows))
+
+
+def read_results(paths: list[str | os.PathLike]) -> list[dict[str, Any]]:
+    """Rows of one or more ``results.csv`` (numbers back to float), e.g. to merge two runs.
+
+    Raises:
+        InputError: a file is missing or is not a benchmark ``results.csv``.
+    """
+    rows: list[dict[str, Any]] = []
+    for path in paths:
+        try:
+            with open(path, newline="") as handle:
+                reader = csv.DictReader(handle)
+                if tuple(reader.fieldnames or ()) != COLUMNS:
+                    raise InputError(f"{path}: not a results.csv of rbg benchmark (columns differ)")
+                for row in reader:
+                    parsed: dict[str, Any] = dict(row)
+                    if row["mae"] != "":
+                        for key in (*METRICS, "wall_s", "peak_mem_mb"):
+                            parsed[key] = float(row[key]) if row[key] != "" else math.nan
+                    else:
+                        for key in (*METRICS, "wall_s", "peak_mem_mb"):
+                            parsed.pop(key, None)
+                    rows.append(parsed)
+        except OSError as error:
+            raise InputError(f"{path}: cannot read ({error.strerror})") from error
+    return rows
 
 
 def _format(value: Any) -> Any:

@@ -139,3 +139,17 @@ def test_syn_on_a_tiny_case_lands_on_the_input_grid(data_dir):
     assert out.GetSize() == input_image.GetSize() and out.GetOrigin() == input_image.GetOrigin()
     array = sitk.GetArrayFromImage(out)
     assert array.min() >= -1100 and array.max() > 300  # HU, with bone carried over from the CT
+
+
+def test_merge_two_runs(tmp_path, capsys):
+    first = [{"case": "A", "kind": "phantom", "modality": "mr", "method": "rigid", **{k: 1.0 for k in benchmark.METRICS},
+              "wall_s": 2.0, "peak_mem_mb": 3.0, "threads": 2, "note": ""}]
+    second = [{**first[0], "method": "rbg", "mae": 0.5}, {"case": "A", "kind": "phantom", "modality": "mr", "method": "registformer", "threads": 2, "note": "skipped"}]
+    benchmark.write_results(first, tmp_path / "a")
+    benchmark.write_results(second, tmp_path / "b")
+    assert cli.main(["benchmark", "--merge", str(tmp_path / "a" / "results.csv"), str(tmp_path / "b" / "results.csv"), "-o", str(tmp_path / "m")]) == 0
+    rows = benchmark.read_results([tmp_path / "m" / "results.csv"])
+    assert [(r["method"], r.get("mae")) for r in rows] == [("rigid", 1.0), ("rbg", 0.5), ("registformer", None)]
+    assert "| rbg | 1 | 0.5 ± 0.0 |" in (tmp_path / "m" / "results.md").read_text()
+    with pytest.raises(InputError, match="not a results.csv"):
+        benchmark.read_results([tmp_path / "m" / "results.md"])

@@ -44,6 +44,8 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
     parser.add_argument("--make-real-case", metavar="CT", nargs="?", const="../shared/data/example_ct_pelvis.nii.gz",
                         help="instead: build the real-anatomy case from CT (a CBCT-like input, a smoothly deformed "
                              "reference, the CT as truth) and write it to OUT_DIR/<id>/ (default CT: %(const)s)")
+    parser.add_argument("--merge", nargs="+", metavar="CSV",
+                        help="instead: merge results.csv files of earlier runs into OUT_DIR/results.csv and results.md")
     return parser
 
 
@@ -59,6 +61,14 @@ def run(args: argparse.Namespace) -> int:
         case = make_real_case(read_image(args.make_real_case), seed=args.seed)
         folder = write_real_case(case, args.output)
         print(f"rbg benchmark: wrote the real-anatomy case {folder} (mean deformation {case.parameters['deformation']['mean_displacement_mm']:.1f} mm)")
+        return 0
+    if args.merge:
+        from ..benchmark import read_results, write_results
+        from ..io import check_writable_dir
+
+        rows = read_results(args.merge)
+        write_results(rows, check_writable_dir(args.output))
+        print(f"rbg benchmark: merged {len(rows)} rows -> {args.output}/results.csv, results.md")
         return 0
     if args.data is None:
         raise InputError("--data is required (or use --make-real-case)")
