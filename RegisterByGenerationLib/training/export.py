@@ -19,6 +19,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import SimpleITK as sitk
+
 from .. import __version__
 from ..errors import InputError
 from ..modelstore import ModelInfo, save_model
@@ -43,11 +45,14 @@ def _data_description(run: dict[str, Any]) -> dict[str, Any]:
     data = run["data"]
     folder = Path(data["dir"])
     seeds: dict[str, int] = {}
+    versions: set[str] = set()
     for case in data["train"] + data["val"]:
         card = folder / case / "phantom.json"
         if card.is_file():
             try:
-                seeds[case] = int(json.loads(card.read_text(encoding="utf-8"))["seed"])
+                truth = json.loads(card.read_text(encoding="utf-8"))
+                seeds[case] = int(truth["seed"])
+                versions.add(str(truth.get("generator_version", "")))
             except (OSError, ValueError, KeyError, json.JSONDecodeError):
                 pass
     phantom = len(seeds) == len(data["train"]) + len(data["val"]) and bool(seeds)
@@ -63,6 +68,16 @@ def _data_description(run: dict[str, Any]) -> dict[str, Any]:
             "train": sorted(seeds[c] for c in data["train"]),
             "val": sorted(seeds[c] for c in data["val"]),
         }
+        description["phantom_generator_version"] = ", ".join(sorted(versions))
+        first = next((p for p in sorted((folder / data["train"][0]).glob(f"{data['modality']}.*"))), None)
+        if first is not None:
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(first))
+            try:
+                reader.ReadImageInformation()
+                description["phantom_input_size"] = list(reader.GetSize())
+            except RuntimeError:
+                pass
     return description
 
 
