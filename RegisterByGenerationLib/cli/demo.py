@@ -25,7 +25,12 @@ def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("-o", "--output", default="demo_output", metavar="DIR", help="output folder (default: ./demo_output)")
-    parser.add_argument("--modality", choices=("mr", "cbct"), default="mr", help="input modality of the demo case (default: mr)")
+    parser.add_argument(
+        "--modality",
+        choices=("mr", "cbct"),
+        default="cbct",
+        help="input modality of the demo case (default: cbct, whose bundled model is the better trained; see docs/training.md)",
+    )
     parser.add_argument("--seed", type=int, default=DEMO_SEED, help=f"phantom seed (default: {DEMO_SEED}, never used in training)")
     parser.add_argument("--model", metavar="NAME|DIR", help="model (default: the bundled model for --modality)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
