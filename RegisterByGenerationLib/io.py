@@ -30,6 +30,7 @@ __all__ = [
     "atomic_path",
     "check_writable_dir",
     "same_geometry",
+    "current_umask",
 ]
 
 logger = logging.getLogger(__name__)
@@ -140,14 +141,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         # mkstemp creates the file owner-only (0600); give it the permissions of a plain open().
-        os.chmod(tmp, 0o666 & ~_current_umask())
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
 
 
-def _current_umask() -> int:
+def current_umask() -> int:
+    """The process's file-creation mask (read by setting and restoring it)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask

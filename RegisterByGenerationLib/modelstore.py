@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ModelError
+from .io import current_umask
 
 __all__ = [
     "FORMAT_VERSION",
@@ -235,6 +236,11 @@ def save_model(model, directory: str | os.PathLike, metadata: dict[str, Any]) ->
         }
         (staging / MODEL_FILE).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
         ModelInfo.from_directory(staging)  # refuse to install a card we could not read back
+        # mkdtemp makes the folder owner-only; an installed model must be readable like any file.
+        umask = current_umask()
+        os.chmod(staging, 0o777 & ~umask)
+        for item in staging.iterdir():
+            os.chmod(item, 0o666 & ~umask)
         if directory.exists():
             shutil.rmtree(directory)
         os.replace(staging, directory)

@@ -98,3 +98,16 @@ def test_cli_models_list_and_info(user_models, capsys):
     assert "MISMATCH" in capsys.readouterr().out
     assert main(["models", "info", "nope"]) == 1
     assert "rbg: error: model 'nope' not found" in capsys.readouterr().err
+
+
+def test_saved_model_folder_is_readable_by_others(tmp_path):
+    import os
+    import stat
+
+    previous = os.umask(0o022)
+    try:
+        info = make_tiny_model(tmp_path / "m")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(info.path.stat().st_mode) == 0o755
+    assert stat.S_IMODE((info.path / "weights.safetensors").stat().st_mode) == 0o644
