@@ -35,7 +35,7 @@ __all__ = [
 #: Pinned packages the engine needs besides torch, NumPy and SimpleITK; the same pins as
 #: ``pyproject.toml`` (a test keeps them equal).
 HOST_REQUIREMENTS = (
-    "scipy==1.17.1",
+    "scipy==1.15.3",
     "monai==1.6.1",
     "safetensors==0.8.0",
     "slicerio==1.4.0",

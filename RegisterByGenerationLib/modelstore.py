@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ModelError
-from .io import current_umask
+from .atomic import current_umask
 
 __all__ = [
     "FORMAT_VERSION",
