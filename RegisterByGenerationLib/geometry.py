@@ -131,7 +131,7 @@ class CanvasGrid:
     """The mapping between an image's grid and the model's axial slice canvas.
 
     The canvas is the image's axial orientation (:func:`to_axial`) with in-plane pixel
-    spacing ``pixel_spacing`` (mm, rows then columns), the image's own slices (no
+    spacing ``pixel_spacing`` (mm, rows then columns; None: the image's own), the image's own slices (no
     resampling along z), and ``canvas`` = (H, W) pixels centred on the in-plane centre
     of the image's extent, so a larger image is cropped and a smaller one padded. When
     the canvas spacing equals the image's spacing along an axis, the canvas is shifted
@@ -164,7 +164,7 @@ class CanvasGrid:
     def for_image(
         cls,
         image: sitk.Image,
-        pixel_spacing: float | tuple[float, float],
+        pixel_spacing: float | tuple[float, float] | None,
         canvas: tuple[int, int] | None = None,
         multiple: int = 16,
     ) -> CanvasGrid:
@@ -172,7 +172,9 @@ class CanvasGrid:
 
         Args:
             image: a 3D volume in any orientation (its voxels are not read).
-            pixel_spacing: in-plane canvas spacing in mm, one number or (row, column) = (y, x).
+            pixel_spacing: in-plane canvas spacing in mm, one number or (row, column) = (y, x);
+                None keeps the image's own in-plane spacing (no in-plane interpolation:
+                the round trip is exact whatever the image's spacing).
             canvas: (H, W) in pixels, each a positive multiple of ``multiple``; None takes
                 the smallest multiple of ``multiple`` covering the image's in-plane extent.
             multiple: the network's size divisor (16 for two stride-2 levels and margin).
@@ -184,8 +186,8 @@ class CanvasGrid:
             raise ValueError(f"image must be 3D, got {image.GetDimension()}D")
         if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1:
             raise ValueError(f"multiple must be a positive integer, got {multiple!r}")
-        spacing_yx = _pixel_spacing(pixel_spacing)
         axial = _axial_grid(image)
+        spacing_yx = (axial.spacing[1], axial.spacing[0]) if pixel_spacing is None else _pixel_spacing(pixel_spacing)
         extent_yx = (axial.size[1] * axial.spacing[1], axial.size[0] * axial.spacing[0])
         if canvas is None:
             shape_hw = tuple(multiple * math.ceil(e / s / multiple - 1e-9) for e, s in zip(extent_yx, spacing_yx))

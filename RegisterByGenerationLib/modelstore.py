@@ -67,8 +67,10 @@ class ModelInfo:
         return self.metadata["weights"]["sha256"]
 
     @property
-    def pixel_spacing(self) -> tuple[float, float]:
-        return tuple(float(s) for s in self.metadata["pixel_spacing_mm"])
+    def pixel_spacing(self) -> tuple[float, float] | None:
+        """The canvas's in-plane spacing (mm); None: each input's own (native) spacing."""
+        spacing = self.metadata["pixel_spacing_mm"]
+        return None if spacing is None else tuple(float(s) for s in spacing)
 
     @property
     def canvas(self) -> tuple[int, int] | None:

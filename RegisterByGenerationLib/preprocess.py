@@ -99,7 +99,7 @@ def prepare_case(
     reference_ct: sitk.Image,
     *,
     modality: str,
-    pixel_spacing: tuple[float, float],
+    pixel_spacing: tuple[float, float] | None,
     canvas: tuple[int, int] | None,
     normalization: dict[str, dict[str, Any]],
     prealign: bool = True,
@@ -111,7 +111,7 @@ def prepare_case(
         input_image: the MR or CBCT volume.
         reference_ct: the reference CT of the same patient (any grid).
         modality: ``"mr"`` or ``"cbct"``.
-        pixel_spacing: the model's in-plane spacing (rows, columns) in mm.
+        pixel_spacing: the model's in-plane spacing (rows, columns) in mm; None: the input's own.
         canvas: the model's canvas (H, W) or None for the image's own extent.
         normalization: ``{"input": config, "reference": config}`` as in ``model.json``.
         prealign: rigidly pre-align the reference to the input.

@@ -65,7 +65,7 @@ def make_tiny_model(directory: Path, modality: str = "mr", *, name: str | None =
         "modality": modality,
         "description": "random weights, for tests",
         "version": "0.0.0",
-        "pixel_spacing_mm": list(pixel_spacing),
+        "pixel_spacing_mm": None if pixel_spacing is None else list(pixel_spacing),
         "normalization": {"input": TEST_NORMALIZATION[modality], "reference": TEST_NORMALIZATION["cbct"]},
         "training": {"data": "none (random initialisation)"},
     }

@@ -106,6 +106,8 @@ def test_canvas_round_trip_exact_at_native_spacing(name, size):
     image = make_volume(size=size, spacing=(1.2, 0.9, 3.0), direction=DIRECTIONS[name])
     axial = to_axial(image)
     grid = CanvasGrid.for_image(image, pixel_spacing=axial.GetSpacing()[1::-1])
+    # pixel_spacing=None (models that run at each input's own spacing) is the same grid.
+    assert CanvasGrid.for_image(image, pixel_spacing=None).to_dict() == grid.to_dict()
     canvas = grid.to_canvas(image, default_value=-1024.0)
     assert canvas.dtype == np.float32 and canvas.shape == grid.shape
     assert all(n % 16 == 0 for n in grid.shape[1:])

@@ -7,6 +7,7 @@ import threading
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import make_tiny_model
 
 from RegisterByGenerationLib.errors import Cancelled, InputError, ModelError
 from RegisterByGenerationLib.io import same_geometry
@@ -98,3 +99,16 @@ def test_prealignment_runs_inside_the_pipeline(tiny_mr_model, case):
     result = Pipeline(tiny_mr_model, device="cpu", prealign=True).run(case.input, case.reference_ct)
     assert isinstance(result.transform, sitk.Euler3DTransform)
     assert np.linalg.norm(result.transform.GetTranslation()) > 0.1  # the phantom's reference is really moved
+
+
+def test_a_native_spacing_model_runs_at_each_inputs_own_spacing(tmp_path):
+    """``pixel_spacing_mm: null`` in model.json: no in-plane resampling, whatever the
+    input's spacing (the phantom demo models; their cases differ in spacing)."""
+    model = make_tiny_model(tmp_path / "native", pixel_spacing=None)
+    assert model.pixel_spacing is None
+    pipeline = Pipeline(model.path, modality="mr", device="cpu", prealign=False)
+    for seed in (21, 22):
+        case = generate_case(seed=seed, modality="mr", size=SIZE)
+        result = pipeline.run(case.input, case.reference_ct)
+        assert result.canvas["pixel_spacing_mm"] == [case.input.GetSpacing()[1], case.input.GetSpacing()[0]]
+        assert same_geometry(result.pseudo_ct, case.input, tolerance=0.0)

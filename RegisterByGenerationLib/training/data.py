@@ -184,7 +184,7 @@ def _cache_key(files: CaseFiles, config: TrainingConfig) -> str:
     settings = {
         "files": stats,
         "modality": config.modality,
-        "pixel_spacing_mm": list(config.pixel_spacing_mm),
+        "pixel_spacing_mm": config.to_dict()["pixel_spacing_mm"],
         "normalization": config.normalization,
         "prealign": config.prealign,
         "seed": config.seed,

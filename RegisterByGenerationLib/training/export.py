@@ -171,7 +171,7 @@ def export_run(
     metadata: dict[str, Any] = {
         "name": name,
         "modality": config.modality,
-        "pixel_spacing_mm": list(config.pixel_spacing_mm),
+        "pixel_spacing_mm": config.to_dict()["pixel_spacing_mm"],
         "normalization": config.normalization,
         "canvas": None,
         "description": description or f"RbG {config.preset} {config.modality.upper()} model ({card['data']['kind']}, {len(card['data']['train_cases'])} training cases)",
