@@ -189,6 +189,36 @@ def test_identity_term_is_off_in_the_presets_and_optional(cases, phase):
         assert (losses["identity"] > 0) == (weight > 0)
 
 
+@pytest.mark.parametrize("phase", ["stage1", "stage2"])
+def test_pixel_term_is_l1_against_a_reference_the_network_was_not_fed(cases, phase):
+    """The optional pixel term: L1(ŷ, y) in Stage 1; in Stage 2 the networks are fed the
+    displaced crop y_s and its flow, and L1 compares with the crop in place y. 0 in every
+    preset, in the total only with a positive weight."""
+    assert all(getattr(TrainingConfig.preset_named(p), f"{phase}_pixel_weight") == 0 for p in ("tiny", "lite", "full"))
+    for weight in (0.0, 3.0):
+        torch.manual_seed(0)
+        config = TrainingConfig.tiny(**{f"{phase}_pixel_weight": weight})
+        model = build_model(config.model)
+        step = build_phase(phase, model, config, DistributedContext(), torch.Generator().manual_seed(1), torch.Generator().manual_seed(2))
+        step.train_mode()
+        batch = _batch(cases, config)
+        x, y, y_shifted = batch["x"], batch["y"], batch["y_shifted"]
+        assert not torch.equal(y, y_shifted)
+        with torch.no_grad():
+            if phase == "stage1":
+                expected_pixel = torch.nn.functional.l1_loss(model.stage1(x, y, generator=torch.Generator().manual_seed(2)), y)
+            else:
+                y_hat = model.stage1(x, y_shifted)
+                expected_pixel = torch.nn.functional.l1_loss(model.stage2(x, y_hat, y_shifted, model.registration(fixed=y_hat, moving=y_shifted)), y)
+        losses = step.train_step(batch)
+        expected = step.weights.nce * losses["nce"] + step.weights.cx * losses["cx"] + step.weights.gan * losses["gan"] + weight * losses["pixel"]
+        assert losses["total"] == pytest.approx(expected, rel=1e-5)
+        if weight > 0:
+            assert losses["pixel"] == pytest.approx(float(expected_pixel), rel=1e-5)
+        else:
+            assert losses["pixel"] == 0
+
+
 def test_resume_continues_exactly(phantom_data, trained_run, tmp_path):
     """Stopping after epoch 1 and resuming gives the same epoch 2 as an uninterrupted run."""
     run, _, _ = trained_run
@@ -300,6 +330,11 @@ def test_config_file_overrides_a_preset_and_round_trips(tmp_path):
         load_config(path)
     with pytest.raises(InputError, match="crop_size must be a positive multiple of 16"):
         TrainingConfig.tiny(crop_size=40)
+    native = TrainingConfig.tiny(pixel_spacing_mm=None)  # every case at its own spacing
+    assert TrainingConfig.from_dict(json.loads(json.dumps(native.to_dict()))).pixel_spacing_mm is None
+    for bad in ({"pixel_spacing_mm": [1.0, 0.0]}, {"stage1_pixel_weight": -1.0}, {"stage2_pixel_weight": -0.5}):
+        with pytest.raises(InputError):
+            TrainingConfig.tiny(**bad)
 
 
 def test_held_out_evaluation_scores_rigid_stage1_and_pseudo_ct(trained_run):

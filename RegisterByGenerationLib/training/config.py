@@ -114,19 +114,29 @@ class AugmentSettings:
 class TrainingConfig:
     """Everything a training run depends on (saved in ``RUN/run.json``).
 
-    Most fields are described in ``docs/training.md``. Two are not part of the
-    published recipe and are 0 (off) in every preset: ``stage1_identity_weight`` and
-    ``stage2_identity_weight`` add CycleGAN's identity loss, ``L1(G(y, y), y)`` for
-    Stage 1 and ``L1(F(y, y, y, 0), y)`` for Stage 2: the network fed the reference CT
-    as its input must return it. It uses only the reference (never as the target of
-    the MR/CBCT input), and on a short CPU schedule it teaches the output's CT
-    intensities much sooner than the adversarial term alone.
+    Most fields are described in ``docs/training.md``. Four are not part of the
+    published recipe and are 0 (off) in every preset:
+
+    - ``stage1_identity_weight`` and ``stage2_identity_weight`` add CycleGAN's identity
+      loss, ``L1(G(y, y), y)`` for Stage 1 and ``L1(F(y, y, y, 0), y)`` for Stage 2: the
+      network fed the reference CT as its input must return it.
+    - ``stage1_pixel_weight`` and ``stage2_pixel_weight`` add an L1 term against the
+      misaligned reference. Stage 1: ``L1(ŷ, y)``; it sees y only at 1/16 scale, cannot
+      know where the residual misalignment moves an edge, and so learns the CT value the
+      input's own anatomy most likely has. Stage 2: ``L1(F(x, ŷ, y_s, φ_s), y)``, fed
+      the displaced reference crop ``y_s`` and its flow, compared with the crop in place
+      (fed ``y`` itself it could copy it); it must carry the reference into the input's
+      frame, like RegGAN's registration-corrected L1 (Kong et al., NeurIPS 2021).
+
+    All four use no CT but the misaligned reference, so training stays self-supervised;
+    on a short CPU schedule they teach the CT intensities far sooner than the
+    adversarial and contextual terms alone.
     """
 
     preset: str = "lite"
     model: ModelConfig = field(default_factory=ModelConfig.lite)
     modality: str = "mr"
-    pixel_spacing_mm: tuple[float, float] = (1.0, 1.0)
+    pixel_spacing_mm: tuple[float, float] | None = (1.0, 1.0)
     normalization: dict | None = None
     prealign: bool = True
     seed: int = 0
@@ -145,6 +155,8 @@ class TrainingConfig:
     smooth_weight: float = 0.5
     stage1_identity_weight: float = 0.0
     stage2_identity_weight: float = 0.0
+    stage1_pixel_weight: float = 0.0
+    stage2_pixel_weight: float = 0.0
     nce_patches: int = 256
     nce_temperature: float = 0.07
     nce_projection: int = 256
@@ -167,9 +179,10 @@ class TrainingConfig:
             self.normalization = default_normalization(self.modality)
         if set(self.normalization) != {"input", "reference"}:
             raise InputError(f"normalization must have the keys 'input' and 'reference', got {sorted(self.normalization)}")
-        self.pixel_spacing_mm = tuple(float(s) for s in self.pixel_spacing_mm)
-        if len(self.pixel_spacing_mm) != 2 or min(self.pixel_spacing_mm) <= 0:
-            raise InputError(f"pixel_spacing_mm must be two positive numbers (mm), got {self.pixel_spacing_mm}")
+        if self.pixel_spacing_mm is not None:  # None: every case at its own in-plane spacing
+            self.pixel_spacing_mm = tuple(float(s) for s in self.pixel_spacing_mm)
+            if len(self.pixel_spacing_mm) != 2 or min(self.pixel_spacing_mm) <= 0:
+                raise InputError(f"pixel_spacing_mm must be two positive numbers (mm) or null, got {self.pixel_spacing_mm}")
         multiple = self.model.size_multiple
         if not _positive_int(self.crop_size) or self.crop_size % multiple:
             raise InputError(f"crop_size must be a positive multiple of {multiple}, got {self.crop_size!r}")
@@ -184,8 +197,9 @@ class TrainingConfig:
         for name in ("nce_patches", "nce_projection", "discriminator_channels", "discriminator_layers"):
             if not _positive_int(getattr(self, name)):
                 raise InputError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if min(self.stage2_reference_shift_px, self.smooth_weight, self.stage1_identity_weight, self.stage2_identity_weight) < 0:
-            raise InputError("stage2_reference_shift_px, smooth_weight and the identity weights must be non-negative")
+        extra_weights = (self.stage1_identity_weight, self.stage2_identity_weight, self.stage1_pixel_weight, self.stage2_pixel_weight)
+        if min(self.stage2_reference_shift_px, self.smooth_weight, *extra_weights) < 0:
+            raise InputError("stage2_reference_shift_px, smooth_weight and the identity and pixel weights must be non-negative")
         self.val_cases = tuple(self.val_cases)
         self.cx_layers = tuple(self.cx_layers)
         self.stage2_nce_vgg_layers = tuple(self.stage2_nce_vgg_layers)

@@ -172,13 +172,21 @@ class Phase:
             return torch.zeros((), device=y.device)
         return torch.nn.functional.l1_loss(forward(), y)
 
+    def _pixel(self, output: torch.Tensor, target) -> torch.Tensor:
+        """``L1(output, target())`` against the (warped) reference when the phase's pixel
+        weight is positive, else 0 (see :class:`~.config.TrainingConfig`)."""
+        weight = self.config.stage1_pixel_weight if self.name == "stage1" else self.config.stage2_pixel_weight
+        if weight <= 0:
+            return torch.zeros((), device=output.device)
+        return torch.nn.functional.l1_loss(output, target())
+
     def _batch(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         return tuple(batch[key].to(self.device, non_blocking=True) for key in ("x", "y", "y_shifted"))
 
 
 class Stage1Phase(Phase):
     name = "stage1"
-    loss_names = ("total", "nce", "cx", "gan", "discriminator", "identity")
+    loss_names = ("total", "nce", "cx", "gan", "discriminator", "identity", "pixel")
 
     def __init__(self, model, config, context, sample_generator, noise_generator, cx_features: VGG19Features) -> None:
         super().__init__(model, config, context, sample_generator, noise_generator)
@@ -215,12 +223,13 @@ class Stage1Phase(Phase):
         q, k = self.heads(queries, keys, num_patches=self.config.nce_patches, generator=self.sample_generator)
         nce = self.nce(q, k)
         cx = self.cx(self.cx_features(y_hat), self.cx_features(y), generator=self.sample_generator)
-        w = self.weights
-        total = w.nce * nce + w.cx * cx + w.gan * gan + self.config.stage1_identity_weight * identity
+        pixel = self._pixel(y_hat, lambda: y)
+        w, c = self.weights, self.config
+        total = w.nce * nce + w.cx * cx + w.gan * gan + c.stage1_identity_weight * identity + c.stage1_pixel_weight * pixel
         self.optimizers["generator"].zero_grad(set_to_none=True)
         total.backward()
         self.optimizers["generator"].step()
-        return _floats(total=total, nce=nce, cx=cx, gan=gan, discriminator=loss_d, identity=identity)
+        return _floats(total=total, nce=nce, cx=cx, gan=gan, discriminator=loss_d, identity=identity, pixel=pixel)
 
     @torch.no_grad()
     def predict(self, x, y):
@@ -264,7 +273,7 @@ class RegistrationPhase(Phase):
 
 class Stage2Phase(Phase):
     name = "stage2"
-    loss_names = ("total", "nce", "cx", "gan", "discriminator", "identity")
+    loss_names = ("total", "nce", "cx", "gan", "discriminator", "identity", "pixel")
 
     def __init__(self, model, config, context, sample_generator, noise_generator, cx_features: VGG19Features,
                  nce_features: VGG19Features | None) -> None:  # fmt: skip
@@ -307,23 +316,28 @@ class Stage2Phase(Phase):
 
     def train_step(self, batch):
         x, y, y_shifted = self._batch(batch)
+        c = self.config
+        # With the pixel term, the networks see the displaced reference crop and the
+        # crop in place is the target: fed the target itself, Stage 2 could copy it.
+        fed, target = (y_shifted, y) if c.stage2_pixel_weight > 0 else (y, y_shifted)
         with torch.no_grad():
-            y_hat = self.model.stage1(x, y)
-            flow = self.model.registration(fixed=y_hat, moving=y)
-            keys = self._nce_features(x, y)
-        y_tilde = self.network(x, y_hat, y, flow)
-        loss_d = self._discriminator_step(y, y_tilde)
+            y_hat = self.model.stage1(x, fed)
+            flow = self.model.registration(fixed=y_hat, moving=fed)
+            keys = self._nce_features(x, fed)
+        y_tilde = self.network(x, y_hat, fed, flow)
+        loss_d = self._discriminator_step(fed, y_tilde)
         gan = self.gan.generator_loss(unwrap(self.discriminator)(y_tilde))
-        q, k = self.heads(self._nce_features(y_tilde, y), keys, num_patches=self.config.nce_patches, generator=self.sample_generator)
+        q, k = self.heads(self._nce_features(y_tilde, fed), keys, num_patches=c.nce_patches, generator=self.sample_generator)
         nce = self.nce(q, k)
-        cx = self.cx(self.cx_features(y_tilde), self.cx_features(y_shifted), generator=self.sample_generator)
-        identity = self._identity(lambda: self.model.stage2(y, y, y, torch.zeros_like(flow)), y)
+        cx = self.cx(self.cx_features(y_tilde), self.cx_features(target), generator=self.sample_generator)
+        identity = self._identity(lambda: self.model.stage2(fed, fed, fed, torch.zeros_like(flow)), fed)
+        pixel = self._pixel(y_tilde, lambda: target)
         w = self.weights
-        total = w.nce * nce + w.cx * cx + w.gan * gan + self.config.stage2_identity_weight * identity
+        total = w.nce * nce + w.cx * cx + w.gan * gan + c.stage2_identity_weight * identity + c.stage2_pixel_weight * pixel
         self.optimizers["generator"].zero_grad(set_to_none=True)
         total.backward()
         self.optimizers["generator"].step()
-        return _floats(total=total, nce=nce, cx=cx, gan=gan, discriminator=loss_d, identity=identity)
+        return _floats(total=total, nce=nce, cx=cx, gan=gan, discriminator=loss_d, identity=identity, pixel=pixel)
 
     @torch.no_grad()
     def predict(self, x, y):
