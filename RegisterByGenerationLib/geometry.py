@@ -131,9 +131,10 @@ class CanvasGrid:
     """The mapping between an image's grid and the model's axial slice canvas.
 
     The canvas is the image's axial orientation (:func:`to_axial`) with in-plane pixel
-    spacing ``pixel_spacing`` (mm, rows then columns; None: the image's own), the image's own slices (no
-    resampling along z), and ``canvas`` = (H, W) pixels centred on the in-plane centre
-    of the image's extent, so a larger image is cropped and a smaller one padded. When
+    spacing ``pixel_spacing`` (mm, rows then columns; None: the image's own), the
+    image's own slices (no resampling along z), and ``canvas`` = (H, W) pixels centred
+    on the in-plane centre of the image's extent, so a larger image is cropped and a
+    smaller one padded. When
     the canvas spacing equals the image's spacing along an axis, the canvas is shifted
     by less than half a pixel so that its pixels coincide with the image's voxels and
     the round trip copies values exactly.

@@ -13,6 +13,9 @@
   reference cropped up to 10 pixels away, so copying the reference in place is not
   rewarded.
 
+The optional identity and pixel terms (off in every preset) are described in
+:class:`~.config.TrainingConfig`.
+
 Every phase draws its randomness (Stage 1 noise, NCE and CX positions) from two
 generators owned by the trainer, saved in checkpoints for exact resumption. The
 discriminator step sees real and fake in one forward (one DDP forward per backward);
@@ -172,13 +175,13 @@ class Phase:
             return torch.zeros((), device=y.device)
         return torch.nn.functional.l1_loss(forward(), y)
 
-    def _pixel(self, output: torch.Tensor, target) -> torch.Tensor:
-        """``L1(output, target())`` against the (warped) reference when the phase's pixel
-        weight is positive, else 0 (see :class:`~.config.TrainingConfig`)."""
+    def _pixel(self, output: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        """``L1(output, reference)`` when the phase's pixel weight is positive, else 0
+        (see :class:`~.config.TrainingConfig`)."""
         weight = self.config.stage1_pixel_weight if self.name == "stage1" else self.config.stage2_pixel_weight
         if weight <= 0:
             return torch.zeros((), device=output.device)
-        return torch.nn.functional.l1_loss(output, target())
+        return torch.nn.functional.l1_loss(output, reference)
 
     def _batch(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         return tuple(batch[key].to(self.device, non_blocking=True) for key in ("x", "y", "y_shifted"))
@@ -223,7 +226,7 @@ class Stage1Phase(Phase):
         q, k = self.heads(queries, keys, num_patches=self.config.nce_patches, generator=self.sample_generator)
         nce = self.nce(q, k)
         cx = self.cx(self.cx_features(y_hat), self.cx_features(y), generator=self.sample_generator)
-        pixel = self._pixel(y_hat, lambda: y)
+        pixel = self._pixel(y_hat, y)
         w, c = self.weights, self.config
         total = w.nce * nce + w.cx * cx + w.gan * gan + c.stage1_identity_weight * identity + c.stage1_pixel_weight * pixel
         self.optimizers["generator"].zero_grad(set_to_none=True)
@@ -331,7 +334,7 @@ class Stage2Phase(Phase):
         nce = self.nce(q, k)
         cx = self.cx(self.cx_features(y_tilde), self.cx_features(target), generator=self.sample_generator)
         identity = self._identity(lambda: self.model.stage2(fed, fed, fed, torch.zeros_like(flow)), fed)
-        pixel = self._pixel(y_tilde, lambda: target)
+        pixel = self._pixel(y_tilde, target)
         w = self.weights
         total = w.nce * nce + w.cx * cx + w.gan * gan + c.stage2_identity_weight * identity + c.stage2_pixel_weight * pixel
         self.optimizers["generator"].zero_grad(set_to_none=True)
