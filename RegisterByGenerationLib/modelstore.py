@@ -73,6 +73,12 @@ class ModelInfo:
         return None if spacing is None else tuple(float(s) for s in spacing)
 
     @property
+    def native_pixel_spacing_range(self) -> tuple[float, float] | None:
+        """For a native-spacing model, the in-plane spacings (mm) it was trained at."""
+        trained = self.metadata.get("native_pixel_spacing_range_mm")
+        return None if trained is None else (float(trained[0]), float(trained[1]))
+
+    @property
     def canvas(self) -> tuple[int, int] | None:
         canvas = self.metadata.get("canvas")
         return None if canvas is None else tuple(int(c) for c in canvas)

@@ -161,6 +161,8 @@ class Pipeline:
                 raise Cancelled(f"stopped before {stage}")
 
         grid = CanvasGrid.for_image(input_image, self.info.pixel_spacing, self.info.canvas)
+        if self.info.pixel_spacing is None:
+            _warn_if_unlike_training(grid.pixel_spacing, self.info)
         check_memory(estimate_peak_bytes(input_image, grid.shape))
         check_modalities(input_image, reference_ct, self.modality)
         checkpoint("pre-alignment")
@@ -255,3 +257,23 @@ def _to_int16_hu(image: sitk.Image) -> sitk.Image:
     result = sitk.GetImageFromArray(array)
     result.CopyInformation(image)
     return result
+
+
+#: How far (as a ratio) an input's pixel spacing may lie outside a native-spacing
+#: model's training range before :class:`Pipeline` warns.
+NATIVE_SPACING_TOLERANCE = 1.25
+
+
+def _warn_if_unlike_training(spacing: tuple[float, float], info: ModelInfo) -> None:
+    """A native-spacing model sees anatomy at the input's own scale: warn when that is far
+    from the scales it was trained at (the result is then unlikely to be useful)."""
+    trained = info.native_pixel_spacing_range
+    if trained is None:
+        return
+    low, high = trained
+    if min(spacing) < low / NATIVE_SPACING_TOLERANCE or max(spacing) > high * NATIVE_SPACING_TOLERANCE:
+        logger.warning(
+            "model %s runs at each input's own pixel spacing and was trained at %.2f-%.2f mm; this input has "
+            "%.2f x %.2f mm, so expect a poor pseudo-CT (resample the input, or use a model trained at this spacing)",
+            info.name, low, high, spacing[0], spacing[1],
+        )  # fmt: skip

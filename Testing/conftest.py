@@ -51,7 +51,7 @@ TEST_NORMALIZATION = {
 }
 
 
-def make_tiny_model(directory: Path, modality: str = "mr", *, name: str | None = None, seed: int = 0, pixel_spacing=(2.0, 2.0)):
+def make_tiny_model(directory: Path, modality: str = "mr", *, name: str | None = None, seed: int = 0, pixel_spacing=(2.0, 2.0), native_range=None):
     """A random-weight model directory with the ``tiny`` config (fast; output is meaningless)."""
     import torch
 
@@ -69,6 +69,8 @@ def make_tiny_model(directory: Path, modality: str = "mr", *, name: str | None =
         "normalization": {"input": TEST_NORMALIZATION[modality], "reference": TEST_NORMALIZATION["cbct"]},
         "training": {"data": "none (random initialisation)"},
     }
+    if native_range is not None:
+        metadata["native_pixel_spacing_range_mm"] = list(native_range)
     return save_model(model, directory, metadata)
 
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 
+import SimpleITK as sitk
 from conftest import make_tiny_model
+
 from RegisterByGenerationLib.cli import main
+from RegisterByGenerationLib.cli.demo import DEMO_SIZE
 
 
 def test_demo_writes_results_and_scores_against_the_truth(tmp_path, capsys):
@@ -21,6 +24,9 @@ def test_demo_writes_results_and_scores_against_the_truth(tmp_path, capsys):
     assert 0.0 <= scores["pseudo_ct"]["bone_dice_labels"] <= 1.0
     for name in ("pseudo_ct.nii.gz", "bones.seg.nrrd", "overview.png", "report.json"):
         assert (out / "result" / name).is_file(), name
+    # The demo case has the bundled models' training size (they run at its own spacing).
+    (input_file,) = (out / "data").glob("*/cbct.nii.gz")
+    assert sitk.ReadImage(str(input_file)).GetSize() == DEMO_SIZE
 
 
 def test_demo_with_a_model_for_the_other_modality_fails_cleanly(tmp_path, capsys):

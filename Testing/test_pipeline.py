@@ -101,14 +101,20 @@ def test_prealignment_runs_inside_the_pipeline(tiny_mr_model, case):
     assert np.linalg.norm(result.transform.GetTranslation()) > 0.1  # the phantom's reference is really moved
 
 
-def test_a_native_spacing_model_runs_at_each_inputs_own_spacing(tmp_path):
+def test_a_native_spacing_model_runs_at_each_inputs_own_spacing_and_warns_far_from_training(tmp_path, caplog):
     """``pixel_spacing_mm: null`` in model.json: no in-plane resampling, whatever the
-    input's spacing (the phantom demo models; their cases differ in spacing)."""
-    model = make_tiny_model(tmp_path / "native", pixel_spacing=None)
+    input's spacing (the phantom demo models; their cases differ in spacing). Such a
+    model sees anatomy at the input's scale, so an input far outside the spacings it was
+    trained at gets a warning."""
+    spacing = generate_case(seed=21, modality="mr", size=SIZE).input.GetSpacing()[0]
+    model = make_tiny_model(tmp_path / "native", pixel_spacing=None, native_range=(0.9 * spacing, 1.1 * spacing))
     assert model.pixel_spacing is None
     pipeline = Pipeline(model.path, modality="mr", device="cpu", prealign=False)
-    for seed in (21, 22):
-        case = generate_case(seed=seed, modality="mr", size=SIZE)
+    for seed, size in ((21, SIZE), (22, (2 * SIZE[0], 2 * SIZE[1], SIZE[2]))):  # about half the spacing
+        case = generate_case(seed=seed, modality="mr", size=size)
+        caplog.clear()
         result = pipeline.run(case.input, case.reference_ct)
         assert result.canvas["pixel_spacing_mm"] == [case.input.GetSpacing()[1], case.input.GetSpacing()[0]]
         assert same_geometry(result.pseudo_ct, case.input, tolerance=0.0)
+        warned = [r.getMessage() for r in caplog.records if "trained at" in r.getMessage()]
+        assert bool(warned) == (size != SIZE), warned

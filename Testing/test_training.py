@@ -337,6 +337,27 @@ def test_config_file_overrides_a_preset_and_round_trips(tmp_path):
             TrainingConfig.tiny(**bad)
 
 
+def test_a_native_spacing_export_records_the_training_spacings(trained_run, phantom_data, tmp_path):
+    """A model trained at each case's own spacing (pixel_spacing_mm null) records the
+    in-plane spacings of its training inputs, which inference warns outside of."""
+    from RegisterByGenerationLib.training import export_run
+
+    run, _, _ = trained_run
+    native_run = tmp_path / "run"
+    shutil.copytree(run, native_run, ignore=shutil.ignore_patterns("cache"))
+    record = json.loads((native_run / "run.json").read_text())
+    record["config"]["pixel_spacing_mm"] = None  # same networks; only the export reads it here
+    (native_run / "run.json").write_text(json.dumps(record))
+    info = export_run(native_run, tmp_path / "model", name="native")
+    spacings = [sitk.ReadImage(str(phantom_data / case / "mr.nii.gz")).GetSpacing()[0] for case in record["data"]["train"]]
+    assert info.pixel_spacing is None
+    assert info.native_pixel_spacing_range == pytest.approx((min(spacings), max(spacings)), abs=1e-4)
+    record["data"]["dir"] = str(tmp_path / "moved")  # the training data is gone: refuse, do not guess
+    (native_run / "run.json").write_text(json.dumps(record))
+    with pytest.raises(InputError, match="cannot read the training inputs' spacings"):
+        export_run(native_run, tmp_path / "model2", name="native")
+
+
 def test_held_out_evaluation_scores_rigid_stage1_and_pseudo_ct(trained_run):
     from RegisterByGenerationLib.training.evaluate import evaluate_phantoms, markdown_table
 

@@ -8,10 +8,13 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["add_parser", "run", "DEMO_SEED"]
+__all__ = ["DEMO_SEED", "DEMO_SIZE", "add_parser", "run"]
 
 #: Phantom seed of the demo case; the bundled models never saw it in training.
 DEMO_SEED = 9001
+#: Phantom size of the demo case (x, y, z): the size the bundled models were trained and
+#: evaluated at (~3 mm voxels; they run at each input's own pixel spacing).
+DEMO_SIZE = (128, 96, 32)
 
 
 def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
@@ -32,6 +35,8 @@ def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
         help="input modality of the demo case (default: cbct, whose bundled model is the better trained; see docs/training.md)",
     )
     parser.add_argument("--seed", type=int, default=DEMO_SEED, help=f"phantom seed (default: {DEMO_SEED}, never used in training)")
+    parser.add_argument("--size", type=int, nargs=3, default=DEMO_SIZE, metavar=("X", "Y", "Z"),
+                        help="phantom size in voxels (default: %(default)s, the bundled models' training size)")  # fmt: skip
     parser.add_argument("--model", metavar="NAME|DIR", help="model (default: the bundled model for --modality)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     parser.add_argument("--bones", choices=("auto", "totalsegmentator", "threshold", "none"), default="auto", help="bone segmentation method (default: auto)")
@@ -49,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     out = check_writable_dir(args.output)
     pipeline = Pipeline(args.model, modality=args.modality, device=args.device)
     print(f"[1/3] generating phantom case (seed {args.seed}, {args.modality.upper()})", file=sys.stderr)
-    case = generate_case(args.seed, args.modality)
+    case = generate_case(args.seed, args.modality, size=tuple(args.size))
     case_dir = write_case(case, out / "data")
     input_name = "mr.nii.gz" if args.modality == "mr" else "cbct.nii.gz"
     print(f"[2/3] running model {pipeline.info.name} on {pipeline.device}", file=sys.stderr)

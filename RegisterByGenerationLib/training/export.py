@@ -23,6 +23,7 @@ import SimpleITK as sitk
 
 from .. import __version__
 from ..errors import InputError
+from ..geometry import CanvasGrid
 from ..modelstore import ModelInfo, save_model
 from ..networks import build_model
 from .config import PHASES, TrainingConfig
@@ -69,16 +70,37 @@ def _data_description(run: dict[str, Any]) -> dict[str, Any]:
             "val": sorted(seeds[c] for c in data["val"]),
         }
         description["phantom_generator_version"] = ", ".join(sorted(versions))
-        first = next((p for p in sorted((folder / data["train"][0]).glob(f"{data['modality']}.*"))), None)
+        first = _input_header(folder / data["train"][0], data["modality"])
         if first is not None:
-            reader = sitk.ImageFileReader()
-            reader.SetFileName(str(first))
-            try:
-                reader.ReadImageInformation()
-                description["phantom_input_size"] = list(reader.GetSize())
-            except RuntimeError:
-                pass
+            description["phantom_input_size"] = list(first.GetSize())
+    headers = [_input_header(folder / case, data["modality"]) for case in data["train"]]
+    if headers and all(h is not None for h in headers):
+        # Axial in-plane spacings, what a native-spacing model runs at (its inference
+        # warns outside this range).
+        spacings = [s for h in headers for s in CanvasGrid.for_image(h, None).pixel_spacing]
+        description["input_pixel_spacing_mm"] = [round(min(spacings), 4), round(max(spacings), 4)]
     return description
+
+
+def _input_header(case_dir: Path, modality: str) -> sitk.Image | None:
+    """A 1-byte placeholder with the geometry of the case's input, from its header
+    alone; None when the file is missing or unreadable."""
+    path = next(iter(sorted(case_dir.glob(f"{modality}.*"))), None)
+    if path is None:
+        return None
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+    if reader.GetDimension() != 3:
+        return None
+    placeholder = sitk.Image(reader.GetSize(), sitk.sitkUInt8)
+    placeholder.SetSpacing(reader.GetSpacing())
+    placeholder.SetOrigin(reader.GetOrigin())
+    placeholder.SetDirection(reader.GetDirection())
+    return placeholder
 
 
 def model_card(run_dir: str | os.PathLike, checkpoint: str = "best") -> dict[str, Any]:
@@ -152,7 +174,8 @@ def export_run(
         The written model's :class:`~RegisterByGenerationLib.modelstore.ModelInfo`.
 
     Raises:
-        InputError: not a run, a phase missing, or a bad ``checkpoint`` or ``name``.
+        InputError: not a run, a phase missing, or a bad ``checkpoint`` or ``name``; a
+            native-spacing run whose training inputs cannot be read.
     """
     if checkpoint not in ("best", "last"):
         raise InputError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
@@ -179,6 +202,12 @@ def export_run(
         "intended_use": INTENDED_USE,
         "training": card,
     }
+    if config.pixel_spacing_mm is None:
+        trained = card["data"].get("input_pixel_spacing_mm")
+        if trained is None:
+            raise InputError(f"{card['data']['dir']}: cannot read the training inputs' spacings, which a model "
+                             "trained at each case's own spacing (pixel_spacing_mm null) records; export it where its data is")  # fmt: skip
+        metadata["native_pixel_spacing_range_mm"] = trained
     if evaluation is not None:
         metadata["evaluation"] = evaluation
     return save_model(model, model_dir, metadata)
