@@ -51,10 +51,10 @@ def run(args: argparse.Namespace) -> int:
     from ..progress import make_progress
 
     start = time.perf_counter()
-    out = check_writable_dir(args.output)
     pipeline = Pipeline(args.model, modality=args.modality, device=args.device)
     print(f"[1/3] generating phantom case (seed {args.seed}, {args.modality.upper()})", file=sys.stderr)
     case = generate_case(args.seed, args.modality, size=tuple(args.size))
+    out = check_writable_dir(args.output)  # after the checks of the model and the case: nothing created on bad input
     case_dir = write_case(case, out / "data")
     input_name = "mr.nii.gz" if args.modality == "mr" else "cbct.nii.gz"
     print(f"[2/3] running model {pipeline.info.name} on {pipeline.device}", file=sys.stderr)
