@@ -70,10 +70,9 @@ def _data_description(run: dict[str, Any]) -> dict[str, Any]:
             "val": sorted(seeds[c] for c in data["val"]),
         }
         description["phantom_generator_version"] = ", ".join(sorted(versions))
-        first = _input_header(folder / data["train"][0], data["modality"])
-        if first is not None:
-            description["phantom_input_size"] = list(first.GetSize())
     headers = [_input_header(folder / case, data["modality"]) for case in data["train"]]
+    if phantom and headers and headers[0] is not None:
+        description["phantom_input_size"] = list(headers[0].GetSize())
     if headers and all(h is not None for h in headers):
         # Axial in-plane spacings, what a native-spacing model runs at (its inference
         # warns outside this range).

@@ -168,20 +168,33 @@ class Phase:
         _set_requires_grad(discriminator, False)
         return loss.detach()
 
+    def _extra_weight(self, term: str) -> float:
+        """The phase's weight of an optional ``"identity"`` or ``"pixel"`` term."""
+        return getattr(self.config, f"{self.name}_{term}_weight")
+
     def _identity(self, forward, y: torch.Tensor) -> torch.Tensor:
         """CycleGAN's identity loss ``L1(net(y as input), y)`` when its weight is positive, else 0."""
-        weight = self.config.stage1_identity_weight if self.name == "stage1" else self.config.stage2_identity_weight
-        if weight <= 0:
+        if self._extra_weight("identity") <= 0:
             return torch.zeros((), device=y.device)
         return torch.nn.functional.l1_loss(forward(), y)
 
     def _pixel(self, output: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
         """``L1(output, reference)`` when the phase's pixel weight is positive, else 0
         (see :class:`~.config.TrainingConfig`)."""
-        weight = self.config.stage1_pixel_weight if self.name == "stage1" else self.config.stage2_pixel_weight
-        if weight <= 0:
+        if self._extra_weight("pixel") <= 0:
             return torch.zeros((), device=output.device)
         return torch.nn.functional.l1_loss(output, reference)
+
+    def _generator_step(self, discriminator: torch.Tensor, **terms: torch.Tensor) -> dict[str, float]:
+        """One optimiser step on the weighted sum of the generator's ``terms`` (nce, cx,
+        gan, identity, pixel); returns every loss as a float."""
+        w = self.weights
+        total = w.nce * terms["nce"] + w.cx * terms["cx"] + w.gan * terms["gan"]
+        total = total + self._extra_weight("identity") * terms["identity"] + self._extra_weight("pixel") * terms["pixel"]
+        self.optimizers["generator"].zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizers["generator"].step()
+        return _floats(total=total, **terms, discriminator=discriminator)
 
     def _batch(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         return tuple(batch[key].to(self.device, non_blocking=True) for key in ("x", "y", "y_shifted"))
@@ -227,12 +240,7 @@ class Stage1Phase(Phase):
         nce = self.nce(q, k)
         cx = self.cx(self.cx_features(y_hat), self.cx_features(y), generator=self.sample_generator)
         pixel = self._pixel(y_hat, y)
-        w, c = self.weights, self.config
-        total = w.nce * nce + w.cx * cx + w.gan * gan + c.stage1_identity_weight * identity + c.stage1_pixel_weight * pixel
-        self.optimizers["generator"].zero_grad(set_to_none=True)
-        total.backward()
-        self.optimizers["generator"].step()
-        return _floats(total=total, nce=nce, cx=cx, gan=gan, discriminator=loss_d, identity=identity, pixel=pixel)
+        return self._generator_step(loss_d, nce=nce, cx=cx, gan=gan, identity=identity, pixel=pixel)
 
     @torch.no_grad()
     def predict(self, x, y):
@@ -335,12 +343,7 @@ class Stage2Phase(Phase):
         cx = self.cx(self.cx_features(y_tilde), self.cx_features(target), generator=self.sample_generator)
         identity = self._identity(lambda: self.model.stage2(fed, fed, fed, torch.zeros_like(flow)), fed)
         pixel = self._pixel(y_tilde, target)
-        w = self.weights
-        total = w.nce * nce + w.cx * cx + w.gan * gan + c.stage2_identity_weight * identity + c.stage2_pixel_weight * pixel
-        self.optimizers["generator"].zero_grad(set_to_none=True)
-        total.backward()
-        self.optimizers["generator"].step()
-        return _floats(total=total, nce=nce, cx=cx, gan=gan, discriminator=loss_d, identity=identity, pixel=pixel)
+        return self._generator_step(loss_d, nce=nce, cx=cx, gan=gan, identity=identity, pixel=pixel)
 
     @torch.no_grad()
     def predict(self, x, y):
