@@ -16,7 +16,7 @@ from RegisterByGenerationLib.errors import InputError
 from RegisterByGenerationLib.io import read_image, same_geometry
 from RegisterByGenerationLib.phantoms import PHANTOM_VERSION, case_id, generate_case, write_phantom_dataset
 from RegisterByGenerationLib.phantoms import anatomy, dataset, shapes
-from RegisterByGenerationLib.phantoms.contrast import sample_tissues
+from RegisterByGenerationLib.phantoms.contrast import sample_mr_contrast, sample_tissues
 from RegisterByGenerationLib.phantoms.deformation import Misalignment, sample_misalignment
 from RegisterByGenerationLib.phantoms.render import NoiseField, render, tile_order
 
@@ -148,17 +148,30 @@ def test_bone_labels_sit_on_bone_and_mask_covers_body(mr_case):
     assert phys[label_of("femur_left")][0] > phys[label_of("femur_right")][0]
 
 
-def test_mr_contrast_is_t1_like(mr_case):
-    mr, ct, mask = array(mr_case.input), array(mr_case.ct_aligned).astype(float), array(mr_case.mask) > 0
+@pytest.mark.parametrize("sequence", ["t1", "t2", "random"])
+def test_mr_contrast_follows_its_sequence(sequence):
+    seed = next(s for s in range(100) if sample_mr_contrast(sample_tissues(np.random.default_rng(0)), np.random.default_rng([s, 4]))[0] == sequence)
+    case = generate_case(seed, "mr", size=(64, 48, 16))
+    assert case.truth["acquisition"]["mr"]["sequence"] == sequence
+    mr, ct, mask = array(case.input), array(case.ct_aligned).astype(float), array(case.mask) > 0
     assert mr.dtype == np.float32 and np.all(np.isfinite(mr)) and mr.min() >= 0 and mr.max() < 2000
     fat = np.median(mr[mask & (ct > -130) & (ct < -70)])
     muscle = np.median(mr[mask & (ct > 35) & (ct < 65)])
+    urine = np.median(mr[mask & (ct > 0) & (ct < 15)])  # urine and CSF
     air = np.median(mr[~mask])
-    assert fat > 1.8 * muscle
-    assert air < 0.2 * muscle
-    # At 4 mm no voxel is pure cortex, but within bone the densest voxels are the darkest.
-    bone = array(mr_case.bones) > 0
-    assert np.corrcoef(mr[bone], ct[bone])[0, 1] < -0.4
+    assert air < 0.2 * min(fat, muscle)
+    if sequence == "t1":
+        assert fat > 1.8 * muscle
+    elif sequence == "t2":
+        assert fat > 1.8 * muscle and urine > 1.5 * muscle  # fluid bright
+    # In every sequence, within bone the densest voxels are the darkest.
+    bone = array(case.bones) > 0
+    assert np.corrcoef(mr[bone], ct[bone])[0, 1] < -0.3
+
+
+def test_mr_contrast_draw_leaves_the_cbct_case_alone(mr_case, cbct_case):
+    assert cbct_case.truth["acquisition"]["cbct"]["offset"] != 0
+    assert np.array_equal(array(mr_case.ct_aligned), array(cbct_case.ct_aligned))
 
 
 def test_cortical_bone_is_dark_and_marrow_bright_in_mr_at_one_millimetre():

@@ -1,4 +1,4 @@
-"""Tissue intensities and acquisition effects: CT, T1-weighted MR and CBCT.
+"""Tissue intensities and acquisition effects: CT, MR (T1, T2 or random contrast) and CBCT.
 
 Each tissue has a CT value (HU) and a T1-weighted MR signal (arbitrary units, about
 0-1000: fat bright, muscle intermediate-dark, cortical bone and air dark, fatty marrow
@@ -8,8 +8,11 @@ anatomy space (see :mod:`.render`), so the texture moves with the anatomy.
 
 Acquisition effects are applied afterwards on the image grid:
 
-- MR: a smooth multiplicative bias field and Rician noise (non-negative result).
-- CBCT: an HU scale/offset error, cupping and low-frequency shading, streaks (the dark
+- MR: the sequence's contrast (:func:`sample_mr_contrast`: T1-like, T2-like, or random
+  signals per tissue, domain randomisation so a model does not learn one simulated
+  sequence), a smooth multiplicative bias field and Rician noise (non-negative result).
+- CBCT: a vendor intensity scale (hundreds of HU of offset and ±25 % of scale: real CBCT
+  values are not HU), cupping and low-frequency shading, streaks (the dark
   band between the femoral heads, and a few streaks from gas and bone), correlated
   noise, and a cylindrical field of view outside which the image is set to -1000.
 - CT: correlated Gaussian noise of 10-20 HU.
@@ -31,6 +34,8 @@ __all__ = [
     "TISSUES",
     "sample_tissues",
     "MRAcquisition",
+    "MR_SEQUENCES",
+    "sample_mr_contrast",
     "sample_mr_acquisition",
     "apply_mr",
     "CBCTAcquisition",
@@ -124,10 +129,52 @@ def correlated_noise(
 
 # ---------------------------------------------------------------------------------- MR
 
+#: Typical T2-weighted signals (about 0-1000): fluid bright, fat intermediate-bright,
+#: muscle and cortical bone dark, flowing blood void. T1 signals are :data:`TISSUES`' own.
+T2_SIGNALS: dict[str, float] = {
+    "skin": 380.0, "fat": 720.0, "visceral_fat": 690.0, "fascia": 260.0, "muscle": 230.0,
+    "cortical_bone": 30.0, "marrow": 430.0, "yellow_marrow": 640.0, "disc": 620.0, "csf": 950.0,
+    "bladder_wall": 240.0, "urine": 1000.0, "prostate": 560.0, "seminal_vesicle": 820.0,
+    "rectal_wall": 260.0, "stool": 380.0, "bowel_wall": 280.0, "bowel_content": 520.0,
+    "artery": 40.0, "vein": 90.0,
+}  # fmt: skip
+
+#: The MR contrasts a phantom can have and the probability of each.
+MR_SEQUENCES = {"t1": 0.35, "t2": 0.45, "random": 0.2}
+
+
+def sample_mr_contrast(tissues: dict[str, Tissue], rng: np.random.Generator) -> tuple[str, dict[str, Tissue]]:
+    """Draw the MR sequence and the tissues' signals under it.
+
+    ``t1`` keeps the signals of ``tissues``; ``t2`` takes :data:`T2_SIGNALS` (scaled by
+    ``tissues``' own patient gain and jittered by ±8 %); ``random`` gives every soft tissue a
+    signal drawn uniformly in [60, 1000] (cortical bone, air and gas stay dark: they have
+    no mobile protons in any sequence).
+
+    Returns:
+        ``(sequence name, tissues with the sequence's MR signals)``.
+    """
+    names = list(MR_SEQUENCES)
+    sequence = names[int(rng.choice(len(names), p=list(MR_SEQUENCES.values())))]
+    gain = tissues["muscle"].mr / TISSUES["muscle"].mr
+    out = {}
+    for name, tissue in tissues.items():
+        if sequence == "t1" or name in ("air", "gas"):
+            signal = tissue.mr
+        elif sequence == "t2":
+            signal = T2_SIGNALS[name] * gain * rng.uniform(0.92, 1.08)
+        elif sequence == "random":
+            signal = rng.uniform(15, 60) if name == "cortical_bone" else rng.uniform(60, 1000)
+        else:
+            raise ValueError(f"unknown MR sequence {sequence!r}")
+        out[name] = dataclasses.replace(tissue, mr=float(signal))
+    return sequence, out
+
+
 
 @dataclass(frozen=True)
 class MRAcquisition:
-    """A T1-weighted acquisition.
+    """An MR acquisition's bias field and noise (its contrast: :func:`sample_mr_contrast`).
 
     Attributes:
         bias_coefficients: 10 coefficients of a quadratic polynomial (1, u, v, w, u^2,
@@ -241,8 +288,8 @@ def sample_cbct_acquisition(
         streaks.append((start[0], start[1], rng.uniform(-180, 180), start[2], rng.uniform(4, 12), rng.uniform(1.5, 3.5),
                         sign * rng.uniform(25, 70), rng.uniform(60, 160)))
     return CBCTAcquisition(
-        scale=float(rng.uniform(0.9, 1.1)),
-        offset=float(rng.uniform(-70, 70)),
+        scale=float(rng.uniform(0.75, 1.25)),
+        offset=float(rng.uniform(-300, 300)),
         cupping=float(rng.uniform(30, 90)),
         shading=tuple(tuple(float(v) for v in row) for row in shading),
         streaks=tuple(tuple(float(v) for v in row) for row in streaks),

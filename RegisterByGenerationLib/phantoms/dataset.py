@@ -25,6 +25,7 @@ import json
 import numbers
 import os
 from collections.abc import Callable, Sequence
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -41,6 +42,7 @@ from .contrast import (
     correlated_noise,
     sample_cbct_acquisition,
     sample_mr_acquisition,
+    sample_mr_contrast,
     sample_tissues,
 )
 from .deformation import Misalignment, sample_misalignment
@@ -58,7 +60,7 @@ __all__ = [
 ]
 
 #: Version of the generator; bump it whenever the same seed would give other images.
-PHANTOM_VERSION = "1.0"
+PHANTOM_VERSION = "1.1"
 
 #: Modality -> (SynthRAD2023 task number, input file stem).
 MODALITIES = {"mr": (1, "mr"), "cbct": (2, "cbct")}
@@ -268,7 +270,7 @@ def generate_case(seed: int, modality: str, size: Sequence[int] = DEFAULT_SIZE, 
     Args:
         seed: non-negative integer; it fixes everything (anatomy, scans, noise). The MR
             and CBCT cases of one seed show the same patient, reference CT and truth.
-        modality: ``"mr"`` (T1-weighted MR input) or ``"cbct"``.
+        modality: ``"mr"`` (MR input of a random T1-, T2-like or random contrast) or ``"cbct"``.
         size: input grid size (x, y, z) in voxels, each >= 16; the spacing follows
             from the patient's size so the body always fits.
         oblique: tilt both grids a few degrees off the axes.
@@ -289,7 +291,11 @@ def generate_case(seed: int, modality: str, size: Sequence[int] = DEFAULT_SIZE, 
     grid_in, grid_ref = plan.grid_in, plan.grid_ref
 
     shape = size[::-1]
-    seen = _scan(plan, grid_in, plan.state_in, ("ct", "mr") if modality == "mr" else ("ct",), moved=False)
+    if modality == "mr":  # its own stream: the CBCT case of the seed is not affected
+        sequence, mr_tissues = sample_mr_contrast(plan.tissues, np.random.default_rng([seed, 4]))
+        seen = _scan(dataclasses.replace(plan, tissues=mr_tissues), grid_in, plan.state_in, ("ct", "mr"), moved=False)
+    else:
+        seen = _scan(plan, grid_in, plan.state_in, ("ct",), moved=False)
     ct_truth = seen.ct.reshape(shape)
     body = seen.body.reshape(shape)
     mask = body >= 0.5
@@ -297,7 +303,7 @@ def generate_case(seed: int, modality: str, size: Sequence[int] = DEFAULT_SIZE, 
         uvw = tuple(2 * a / np.float32(max(float(a.max()), 1e-6)) - 1 for a in grid_in.axes_mm())
         mr_acq = sample_mr_acquisition(acquisition_rng)
         image = apply_mr(seen.mr.reshape(shape), uvw, mr_acq, noise_rng)
-        acquisition = {"mr": asdict(mr_acq)}
+        acquisition = {"mr": {"sequence": sequence, **asdict(mr_acq)}}
     elif modality == "cbct":
         f = np.asarray(plan.patient.scale)
         heads = [grid_in.to_grid_frame(plan.table + np.array([side * 84.0, 0, 0]) * f) for side in (1, -1)]
