@@ -6,7 +6,7 @@ anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-__all__ = ["RbgError", "InputError", "ModelError", "OutputError", "Cancelled"]
+__all__ = ["RbgError", "InputError", "ModelError", "TensorError", "OutputError", "Cancelled"]
 
 
 class RbgError(Exception):
@@ -19,6 +19,11 @@ class InputError(RbgError, ValueError):
 
 class ModelError(RbgError):
     """A model directory is missing, malformed, or its weights fail their checksum."""
+
+
+class TensorError(RbgError, ValueError):
+    """A network was handed tensors of the wrong shape, dtype or device (one line, no traceback:
+    a caller of the library sees what arrived and what was expected)."""
 
 
 class OutputError(RbgError):

@@ -28,7 +28,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .errors import Cancelled, InputError, ModelError
+from .errors import Cancelled, InputError, ModelError, TensorError
 from .geometry import CanvasGrid
 from .intensity import normalization_from_config
 from .modelstore import ModelInfo, default_model_name, find_model, load_model
@@ -36,7 +36,7 @@ from .plausibility import check_memory, check_modalities, estimate_peak_bytes
 from .preprocess import AIR_HU, normalise_input, prealign_reference
 from .progress import ProgressCallback, SubProgress
 
-__all__ = ["Pipeline", "PipelineResult", "select_device", "OUTPUT_FILES"]
+__all__ = ["Pipeline", "PipelineResult", "select_device", "select_precision", "PRECISIONS", "OUTPUT_FILES"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +74,37 @@ def select_device(name: str = "auto") -> torch.device:
     return device
 
 
+#: ``--precision`` choices: ``auto`` is mixed precision on CUDA (bfloat16 where the GPU
+#: has it, else float16) and float32 elsewhere.
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+
+
+def select_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of the heavy convolutions, or None for plain float32.
+
+    Inputs, flows and every network's output stay float32 whatever is chosen (each
+    network's output layer runs in float32, :func:`~.networks.blocks.float32_head`).
+    Reduced precision on the CPU is allowed (``bfloat16``, as tests run the CUDA path).
+
+    Raises:
+        InputError: unknown name, or float16 asked for on the CPU (autocast has none there).
+    """
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return None
+    elif name == "float32":
+        return None
+    elif name == "bfloat16":
+        return torch.bfloat16
+    elif name == "float16":
+        if device.type == "cpu":
+            raise InputError("precision float16 needs a GPU; use bfloat16 or float32 on the CPU")
+        return torch.float16
+    else:
+        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {name!r}")
+
+
 @dataclass
 class PipelineResult:
     """Everything a run produced, on the input's grid; nothing is on disk yet."""
@@ -101,10 +132,11 @@ class Pipeline:
             out-of-memory errors).
         prealign: rigidly pre-align the reference CT to the input (mutual information).
         seed: seed of the pre-alignment's metric sampling.
+        precision: one of :data:`PRECISIONS` (see :func:`select_precision`).
 
     Raises:
         ModelError: the model is missing, corrupt, or made for another modality.
-        InputError: an unknown device or modality, or a batch size below 1.
+        InputError: an unknown device, modality or precision, or a batch size below 1.
     """
 
     def __init__(
@@ -116,6 +148,7 @@ class Pipeline:
         batch_size: int | None = None,
         prealign: bool = True,
         seed: int = 0,
+        precision: str = "auto",
     ) -> None:
         if modality not in ("mr", "cbct"):
             raise InputError(f"modality must be 'mr' or 'cbct', got {modality!r}")
@@ -126,6 +159,7 @@ class Pipeline:
             raise ModelError(f"model {self.info.name!r} is for {self.info.modality.upper()} input, not {modality.upper()}; pick a {modality.upper()} model or change --modality")
         self.modality = modality
         self.device = select_device(device)
+        self.autocast_dtype = select_precision(precision, self.device)
         self.model = load_model(self.info, self.device)
         self.batch_size = batch_size
         self.prealign = prealign
@@ -239,12 +273,15 @@ class Pipeline:
             return torch.from_numpy(np.ascontiguousarray(slices[:, None])).to(self.device)
 
         autocast = (
-            torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
-            if self.device.type == "cuda"
+            torch.autocast(self.device.type, dtype=self.autocast_dtype)
+            if self.autocast_dtype is not None
             else contextlib.nullcontext()
         )
-        with torch.inference_mode(), autocast:
-            produced = self.model(to_tensor(x), to_tensor(y))
+        try:
+            with torch.inference_mode(), autocast:
+                produced = self.model(to_tensor(x), to_tensor(y))
+        except TensorError as error:
+            raise ModelError(f"{self.info.name}: {error}") from error
         return {
             "output": produced["output"][:, 0].float().cpu().numpy(),
             "stage1": produced["stage1"][:, 0].float().cpu().numpy(),

@@ -219,6 +219,57 @@ def test_pixel_term_is_l1_against_a_reference_the_network_was_not_fed(cases, pha
             assert losses["pixel"] == 0
 
 
+@pytest.fixture(scope="module")
+def registered_cases(phantom_data, tmp_path_factory):
+    """The two phantoms with the registered pixel target (ANTs SyN: fast on 64x48x16)."""
+    config = TrainingConfig.tiny(pixel_target="registered", target_registration="syn", stage1_pixel_weight=1.0, stage2_pixel_weight=1.0)
+    _, files = find_cases(phantom_data)
+    cache = tmp_path_factory.mktemp("cache")
+    return config, files, cache, [load_case(f, config, cache) for f in files]
+
+
+def test_registered_target_is_the_classical_registration_on_the_canvas(registered_cases, phantom_data):
+    from RegisterByGenerationLib.benchmark import run_baseline
+    from RegisterByGenerationLib.preprocess import prepare_case
+
+    config, files, cache, loaded = registered_cases
+    case, files0 = loaded[0], files[0]
+    assert case.y_registered is not None and case.y_registered.shape == case.y.shape
+    assert not np.array_equal(case.y_registered, case.y)  # the registration moved the reference
+    input_image, reference = sitk.ReadImage(str(files0.input)), sitk.ReadImage(str(files0.reference))
+    prepared = prepare_case(input_image, reference, modality="mr", pixel_spacing=config.pixel_spacing_mm, canvas=None, normalization=config.normalization)
+    expected = prepared.ct_map.forward(prepared.grid.to_canvas(run_baseline("syn", input_image, reference, modality="mr"), default_value=-1024.0))
+    # ANTs with several threads is not bit-reproducible: the cached target is that registration, not the rigid reference.
+    assert np.mean(np.abs(case.y_registered - expected)) < 0.5 * np.mean(np.abs(case.y - expected))
+    # Cached: a second load reads the same target; validation cases are loaded without one.
+    assert np.array_equal(load_case(files0, config, cache).y_registered, case.y_registered)
+    assert load_case(files0, config, cache, pixel_target=False).y_registered is None
+    assert len(list(cache.iterdir())) == 3
+
+
+@pytest.mark.parametrize("phase", ["stage1", "stage2"])
+def test_registered_pixel_target_feeds_the_reference_and_compares_with_the_registration(registered_cases, phase):
+    config, _, _, loaded = registered_cases
+    config = TrainingConfig.from_dict({**config.to_dict(), f"{phase}_weights": {"nce": 0.0, "cx": 0.0, "gan": 0.0}})
+    torch.manual_seed(0)
+    model = build_model(config.model)
+    step = build_phase(phase, model, config, DistributedContext(), torch.Generator().manual_seed(1), torch.Generator().manual_seed(2))
+    step.train_mode()
+    batch = _batch(loaded, config)
+    x, y, target = batch["x"], batch["y"], batch["y_registered"]
+    with torch.no_grad():
+        y_hat = model.stage1(x, y, generator=torch.Generator().manual_seed(2))
+        if phase == "stage2":
+            y_hat = model.stage1(x, y)
+            y_hat = model.stage2(x, y_hat, y, model.registration(fixed=y_hat, moving=y))
+        expected = torch.nn.functional.l1_loss(y_hat, target)
+    losses = step.train_step(batch)
+    assert losses["pixel"] == pytest.approx(float(expected), rel=1e-5)
+    # Terms of weight 0 are not computed at all (no discriminator step, no VGG, no NCE).
+    assert losses["nce"] == losses["cx"] == losses["gan"] == losses["discriminator"] == 0
+    assert losses["total"] == pytest.approx(losses["pixel"], rel=1e-6)
+
+
 def test_resume_continues_exactly(phantom_data, trained_run, tmp_path):
     """Stopping after epoch 1 and resuming gives the same epoch 2 as an uninterrupted run."""
     run, _, _ = trained_run

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from .options import add_compute_arguments, compute_options
+
 __all__ = ["add_parser", "run"]
 
 
@@ -25,7 +27,7 @@ def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="output root (created if needed)")
     parser.add_argument("--modality", choices=("mr", "cbct"), help="kind of input (default: inferred from the file names)")
     parser.add_argument("--model", metavar="NAME|DIR", help="installed model name or model folder (default: the bundled model)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    add_compute_arguments(parser)
     parser.add_argument("--bones", choices=("auto", "totalsegmentator", "threshold", "none"), default="auto", help="bone segmentation of each pseudo-CT (default: auto)")
     parser.add_argument("--no-prealign", dest="prealign", action="store_false", help="skip the rigid pre-alignment of the reference CTs")
     parser.add_argument("--progress", choices=("auto", "bar", "json", "none"), default="auto", help="progress display (json: one object per line on stdout)")
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
             args.output,
             modality=args.modality,
             model=args.model,
-            device=args.device,
+            **compute_options(args),
             prealign=args.prealign,
             bones=args.bones,
             progress=progress,

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from .options import add_compute_arguments, compute_options
+
 __all__ = ["DEMO_SEED", "DEMO_SIZE", "add_parser", "run"]
 
 #: Phantom seed of the demo case; the bundled models never saw it in training.
@@ -38,7 +40,7 @@ def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
     parser.add_argument("--size", type=int, nargs=3, default=DEMO_SIZE, metavar=("X", "Y", "Z"),
                         help="phantom size in voxels (default: %(default)s, the bundled models' training size)")  # fmt: skip
     parser.add_argument("--model", metavar="NAME|DIR", help="model (default: the bundled model for --modality)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    add_compute_arguments(parser)
     parser.add_argument("--bones", choices=("auto", "totalsegmentator", "threshold", "none"), default="auto", help="bone segmentation method (default: auto)")
     return parser
 
@@ -51,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from ..progress import make_progress
 
     start = time.perf_counter()
-    pipeline = Pipeline(args.model, modality=args.modality, device=args.device)
+    pipeline = Pipeline(args.model, modality=args.modality, **compute_options(args))
     print(f"[1/3] generating phantom case (seed {args.seed}, {args.modality.upper()})", file=sys.stderr)
     case = generate_case(args.seed, args.modality, size=tuple(args.size))
     out = check_writable_dir(args.output)  # after the checks of the model and the case: nothing created on bad input

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from .options import add_compute_arguments, compute_options
+
 __all__ = ["add_parser", "run"]
 
 
@@ -25,7 +27,7 @@ def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder (created if needed)")
     parser.add_argument("--modality", choices=("mr", "cbct"), default="mr", help="kind of INPUT (default: mr)")
     parser.add_argument("--model", metavar="NAME|DIR", help="installed model name or model folder (default: the bundled model for --modality)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps (default: auto)")
+    add_compute_arguments(parser)
     parser.add_argument("--batch-size", type=int, metavar="N", help="slices per forward pass (default: automatic)")
     parser.add_argument("--no-prealign", dest="prealign", action="store_false", help="skip the rigid pre-alignment of REFERENCE to INPUT")
     parser.add_argument(
@@ -44,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from ..pipeline import Pipeline
     from ..progress import make_progress
 
-    pipeline = Pipeline(args.model, modality=args.modality, device=args.device, batch_size=args.batch_size, prealign=args.prealign)
+    pipeline = Pipeline(args.model, modality=args.modality, batch_size=args.batch_size, prealign=args.prealign, **compute_options(args))
     progress = make_progress(args.progress)
     try:
         outputs = process_case(

@@ -11,6 +11,7 @@ from .adain import AdaINGenerator
 from .blocks import resize_flow, scaling_and_squaring, warp
 from .config import ModelConfig, RegistrationConfig, Stage1Config, Stage2Config
 from .daca import DACABlock
+from .fusion import FusionUNet
 from .model import RbgModel, build_model, build_stage1, count_parameters
 from .registration import DiffeomorphicRegistration
 from .stage1 import PAdaINGenerator
@@ -22,6 +23,7 @@ __all__ = [
     "DiffeomorphicRegistration",
     "FeatureReconstruction",
     "FeatureUNet",
+    "FusionUNet",
     "ModelConfig",
     "PAdaINGenerator",
     "RbgModel",

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .blocks import check_image, check_multiple, check_same_grid
+from .blocks import check_image, check_multiple, check_same_grid, float32_head
 
 __all__ = ["AdaINGenerator", "STYLE_DIM"]
 
@@ -162,4 +162,4 @@ class AdaINGenerator(nn.Module):
             count = block.num_adain_params
             content = block(content, params[:, offset : offset + count])
             offset += count
-        return torch.tanh(self.decoder_up(content))
+        return float32_head(self.decoder_up[-1], self.decoder_up[:-1](content))

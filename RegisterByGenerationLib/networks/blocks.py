@@ -24,10 +24,13 @@ from monai.networks.blocks import DVF2DDF, Convolution, Warp
 from torch import nn
 from torch.nn import functional as F
 
+from ..errors import TensorError
+
 __all__ = [
     "check_image",
     "check_same_grid",
     "check_multiple",
+    "float32_head",
     "conv_block",
     "init_normal",
     "NoiseInjection",
@@ -53,32 +56,32 @@ def check_image(name: str, tensor: torch.Tensor, channels: int | None = None) ->
 
     Raises:
         TypeError: not a tensor.
-        ValueError: wrong number of dimensions or channels, empty, or not floating point.
+        TensorError (a ValueError): wrong number of dimensions or channels, empty, or not floating point.
     """
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
     expected = f"[B, {'C' if channels is None else channels}, H, W]"
     if tensor.ndim != 4 or (channels is not None and tensor.shape[1] != channels):
-        raise ValueError(f"{name} must have shape {expected}, got {tuple(tensor.shape)}")
+        raise TensorError(f"{name} must have shape {expected}, got {tuple(tensor.shape)}")
     if tensor.numel() == 0:
-        raise ValueError(f"{name} must not be empty, got shape {tuple(tensor.shape)}")
+        raise TensorError(f"{name} must not be empty, got shape {tuple(tensor.shape)}")
     if not tensor.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor, got {tensor.dtype}")
+        raise TensorError(f"{name} must be a floating-point tensor, got {tensor.dtype}")
 
 
 def check_same_grid(name: str, tensor: torch.Tensor, reference_name: str, reference: torch.Tensor) -> None:
     """Raise unless ``tensor`` has the batch size and spatial size of ``reference``.
 
     Raises:
-        ValueError: batch or spatial sizes differ, or device/dtype differ.
+        TensorError (a ValueError): batch or spatial sizes differ, or device/dtype differ.
     """
     if tensor.shape[0] != reference.shape[0] or tensor.shape[2:] != reference.shape[2:]:
-        raise ValueError(
+        raise TensorError(
             f"{name} must have the batch and spatial size of {reference_name} "
             f"({reference.shape[0]}, *, {reference.shape[2]}, {reference.shape[3]}), got {tuple(tensor.shape)}"
         )
     if tensor.device != reference.device or tensor.dtype != reference.dtype:
-        raise ValueError(
+        raise TensorError(
             f"{name} must be on the device and of the dtype of {reference_name} "
             f"({reference.device}, {reference.dtype}), got ({tensor.device}, {tensor.dtype})"
         )
@@ -88,14 +91,25 @@ def check_multiple(name: str, tensor: torch.Tensor, multiple: int) -> None:
     """Raise unless the spatial size ``(H, W)`` of ``tensor`` is a multiple of ``multiple``.
 
     Raises:
-        ValueError: ``"H and W must be multiples of {multiple}, got (H, W)"``.
+        TensorError (a ValueError): ``"H and W must be multiples of {multiple}, got (H, W)"``.
     """
     height, width = tensor.shape[-2:]
     if height % multiple or width % multiple:
-        raise ValueError(f"{name}: H and W must be multiples of {multiple}, got ({height}, {width})")
+        raise TensorError(f"{name}: H and W must be multiples of {multiple}, got ({height}, {width})")
 
 
 # --------------------------------------------------------------------------- layers
+
+
+def float32_head(head: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """``tanh(head(features))`` in float32, outside any autocast region.
+
+    Every network's output layer runs through this, so images and flows leave a network
+    in float32 however the convolutions before ran: a bfloat16 tanh resolves only about
+    8 HU of the CT window, and the stages compare their outputs (same dtype required).
+    """
+    with torch.autocast(device_type=features.device.type, enabled=False):
+        return torch.tanh(head(features.float()))
 
 
 def conv_block(in_channels: int, out_channels: int, strides: int = 1) -> Convolution:

@@ -21,7 +21,7 @@ from typing import Any
 
 __all__ = ["STAGE1_KINDS", "Stage1Config", "RegistrationConfig", "Stage2Config", "ModelConfig"]
 
-STAGE1_KINDS = ("padain", "adain")
+STAGE1_KINDS = ("padain", "adain", "fusion")
 
 
 def _positive_int(owner: str, name: str, value: Any) -> None:
@@ -69,10 +69,13 @@ class Stage1Config:
     """Stage 1, the synthesis network ``ŷ = G(x, y)``.
 
     Attributes:
-        kind: ``"padain"`` (RbG: Patch AdaIN U-net) or ``"adain"`` (RegistFormer:
-            MUNIT-style content/style generator).
+        kind: ``"padain"`` (RbG: Patch AdaIN U-net), ``"adain"`` (RegistFormer:
+            MUNIT-style content/style generator) or ``"fusion"`` (a U-Net on the input
+            and the reference stacked, :class:`~.fusion.FusionUNet`; our departure for
+            CPU training; ``blocks``, ``style_*`` and ``noise`` do not apply to it).
         channels: PAdaIN: width of every style block (published 256). AdaIN: width of
             the first encoder layer, doubled at each of the two downsamplings (MUNIT 64).
+            Fusion: width of the U-Net's first level (32: about 2 M parameters).
         blocks: PAdaIN: number of style conv blocks, at least 5 (two down, at least one
             at the bottleneck, two up; published 12). AdaIN: residual blocks in the
             content encoder and in the decoder (MUNIT 4).
@@ -248,8 +251,9 @@ class ModelConfig:
 
     @classmethod
     def full(cls, kind: str = "padain") -> ModelConfig:
-        """The published sizes. ``kind="adain"`` gives RegistFormer's MUNIT-size Stage 1."""
-        return cls(stage1=_stage1_preset(kind, padain=(256, 12, 512), adain=(64, 4, 256)))
+        """The published sizes. ``kind="adain"`` gives RegistFormer's MUNIT-size Stage 1,
+        ``kind="fusion"`` a 64-wide :class:`~.fusion.FusionUNet`."""
+        return cls(stage1=_stage1_preset(kind, padain=(256, 12, 512), adain=(64, 4, 256), fusion=64))
 
     @classmethod
     def lite(cls, kind: str = "padain") -> ModelConfig:
@@ -263,7 +267,7 @@ class ModelConfig:
         block (the most expensive: its cost grows with P²·H·W) refines within ±1 pixel.
         """
         return cls(
-            stage1=_stage1_preset(kind, padain=(32, 6, 32), adain=(16, 2, 64)),
+            stage1=_stage1_preset(kind, padain=(32, 6, 32), adain=(16, 2, 64), fusion=32),
             registration=RegistrationConfig(),
             stage2=Stage2Config(feature_channels=14, unet_channels=(16, 32, 64), heads=2, windows=(7, 5, 3)),
         )
@@ -272,19 +276,21 @@ class ModelConfig:
     def tiny(cls, kind: str = "padain") -> ModelConfig:
         """A few thousand parameters, for tests: a 32×32 forward takes milliseconds."""
         return cls(
-            stage1=_stage1_preset(kind, padain=(8, 5, 8), adain=(4, 1, 8), style_downsample=4),
+            stage1=_stage1_preset(kind, padain=(8, 5, 8), adain=(4, 1, 8), fusion=4, style_downsample=4),
             registration=RegistrationConfig(encoder=(4, 8, 8, 8), decoder=(8, 8, 8, 8, 8, 4)),
             stage2=Stage2Config(feature_channels=4, unet_channels=(4, 8, 8), heads=2, windows=(3, 3, 3)),
         )
 
 
 def _stage1_preset(
-    kind: str, padain: tuple[int, int, int], adain: tuple[int, int, int], style_downsample: int = 16
+    kind: str, padain: tuple[int, int, int], adain: tuple[int, int, int], fusion: int, style_downsample: int = 16
 ) -> Stage1Config:
     if kind == "padain":
         channels, blocks, hidden = padain
     elif kind == "adain":
         channels, blocks, hidden = adain
+    elif kind == "fusion":
+        return Stage1Config(kind=kind, channels=fusion, noise=False)
     else:
         raise ValueError(f"kind must be one of {STAGE1_KINDS}, got {kind!r}")
     return Stage1Config(

@@ -15,6 +15,7 @@ from torch import nn
 from .adain import AdaINGenerator
 from .blocks import check_image, check_multiple, check_same_grid
 from .config import ModelConfig, Stage1Config
+from .fusion import FusionUNet
 from .registration import DiffeomorphicRegistration
 from .stage1 import PAdaINGenerator
 from .stage2 import Stage2Network
@@ -22,7 +23,7 @@ from .stage2 import Stage2Network
 __all__ = ["RbgModel", "build_model", "build_stage1", "count_parameters"]
 
 
-def build_stage1(config: Stage1Config) -> PAdaINGenerator | AdaINGenerator:
+def build_stage1(config: Stage1Config) -> PAdaINGenerator | AdaINGenerator | FusionUNet:
     """The Stage 1 network that ``config.kind`` names.
 
     Raises:
@@ -38,8 +39,10 @@ def build_stage1(config: Stage1Config) -> PAdaINGenerator | AdaINGenerator:
         )
     elif config.kind == "adain":
         return AdaINGenerator(channels=config.channels, blocks=config.blocks, style_hidden=config.style_hidden)
+    elif config.kind == "fusion":
+        return FusionUNet(channels=config.channels)
     else:
-        raise ValueError(f"unknown Stage 1 kind {config.kind!r}; expected 'padain' or 'adain'")
+        raise ValueError(f"unknown Stage 1 kind {config.kind!r}; expected 'padain', 'adain' or 'fusion'")
 
 
 def count_parameters(module: nn.Module) -> int:

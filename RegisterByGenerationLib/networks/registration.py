@@ -127,5 +127,8 @@ class DiffeomorphicRegistration(nn.Module):
         check_image("moving", moving, channels=1)
         check_same_grid("moving", moving, "fixed", fixed)
         check_multiple("fixed", fixed, self.size_multiple)
-        velocity = self.unet(torch.cat([fixed, moving], dim=1))
-        return self.integrate(velocity)
+        velocity = self.unet(torch.cat([fixed, moving], dim=1)).float()
+        # Integration composes warps: in float32 whatever the autocast (flows are in pixels,
+        # and bfloat16 has a resolution of a pixel at 256).
+        with torch.autocast(device_type=velocity.device.type, enabled=False):
+            return self.integrate(velocity)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .blocks import NoiseInjection, check_image, check_multiple, check_same_grid, init_normal
+from .blocks import NoiseInjection, check_image, check_multiple, check_same_grid, float32_head, init_normal
 
 __all__ = ["PatchStyleModulation", "StyleConvBlock", "PAdaINGenerator"]
 
@@ -188,4 +188,4 @@ class PAdaINGenerator(nn.Module):
             out = run(block, out)
         out = run(self.up[0], F.interpolate(out, scale_factor=2.0, mode="bilinear", align_corners=False)) + half
         out = run(self.up[1], F.interpolate(out, scale_factor=2.0, mode="bilinear", align_corners=False)) + full
-        return torch.tanh(self.head(out))
+        return float32_head(self.head, out)

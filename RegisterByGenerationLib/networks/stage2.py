@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .blocks import check_image, check_multiple, check_same_grid, conv_block, init_normal, resize_flow
+from .blocks import check_image, check_multiple, check_same_grid, conv_block, float32_head, init_normal, resize_flow
 from .daca import DACABlock
 
 __all__ = ["FeatureUNet", "FeatureReconstruction", "Stage2Network", "resize_flow"]
@@ -117,7 +117,7 @@ class FeatureReconstruction(nn.Module):
         out = self.blocks4(quarter)
         out = self.blocks2(torch.cat([_upsample(out), half], dim=1))
         out = self.blocks1(torch.cat([_upsample(out), full], dim=1))
-        return torch.tanh(self.head(out))
+        return float32_head(self.head, out)
 
 
 class Stage2Network(nn.Module):
@@ -181,6 +181,12 @@ class Stage2Network(nn.Module):
             check_image(name, tensor, channels=channels)
             check_same_grid(name, tensor, "x", x)
         check_multiple("x", x, self.size_multiple)
+        # Stage 2 always runs in float32: under bfloat16 autocast its small feature maps
+        # (14 channels) turned 0.7 HU of Stage 1 rounding into 3-4 HU at the output.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return self._fuse(x, y_hat, y, flow)
+
+    def _fuse(self, x: torch.Tensor, y_hat: torch.Tensor, y: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
         queries = self.fe1(torch.cat([x, y_hat], dim=1))
         references = self.fe2(y)

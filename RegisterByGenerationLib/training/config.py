@@ -25,11 +25,15 @@ from typing import Any
 from ..errors import InputError
 from ..networks import ModelConfig
 
-__all__ = ["PHASES", "PRESETS", "PhaseSettings", "LossWeights", "AugmentSettings", "TrainingConfig", "default_normalization", "load_config", "read_config_file"]
+__all__ = ["PHASES", "PRESETS", "PIXEL_TARGETS", "TARGET_REGISTRATIONS", "PhaseSettings", "LossWeights", "AugmentSettings", "TrainingConfig", "default_normalization", "load_config", "read_config_file"]
 
 #: Training phases in the order ``rbg train all`` runs them.
 PHASES = ("stage1", "registration", "stage2")
 PRESETS = ("tiny", "lite", "full")
+#: What the optional pixel terms compare with (see :class:`TrainingConfig`).
+PIXEL_TARGETS = ("reference", "registered")
+#: Classical registrations that can make the ``registered`` target (``rbg benchmark``'s baselines).
+TARGET_REGISTRATIONS = ("syn", "elastix")
 
 
 def default_normalization(modality: str) -> dict[str, dict[str, Any]]:
@@ -131,6 +135,13 @@ class TrainingConfig:
     All four use no CT but the misaligned reference, so training stays self-supervised;
     on a short CPU schedule they teach the CT intensities far sooner than the
     adversarial and contextual terms alone.
+
+    ``pixel_target = "registered"`` compares both pixel terms instead with the reference
+    registered onto the input by a classical method (``target_registration``: elastix
+    rigid + B-spline on a 40 mm grid, or ANTs SyN, as ``rbg benchmark`` runs them;
+    computed by the training pipeline itself, once per case, and cached): what a user
+    without aligned data can compute too, and a far better target than the rigidly
+    aligned reference. Stage 2 is then fed the reference in place.
     """
 
     preset: str = "lite"
@@ -157,6 +168,8 @@ class TrainingConfig:
     stage2_identity_weight: float = 0.0
     stage1_pixel_weight: float = 0.0
     stage2_pixel_weight: float = 0.0
+    pixel_target: str = "reference"
+    target_registration: str = "elastix"
     nce_patches: int = 256
     nce_temperature: float = 0.07
     nce_projection: int = 256
@@ -200,6 +213,10 @@ class TrainingConfig:
         extra_weights = (self.stage1_identity_weight, self.stage2_identity_weight, self.stage1_pixel_weight, self.stage2_pixel_weight)
         if min(self.stage2_reference_shift_px, self.smooth_weight, *extra_weights) < 0:
             raise InputError("stage2_reference_shift_px, smooth_weight and the identity and pixel weights must be non-negative")
+        if self.pixel_target not in PIXEL_TARGETS:
+            raise InputError(f"pixel_target must be one of {', '.join(PIXEL_TARGETS)}, got {self.pixel_target!r}")
+        if self.target_registration not in TARGET_REGISTRATIONS:
+            raise InputError(f"target_registration must be one of {', '.join(TARGET_REGISTRATIONS)}, got {self.target_registration!r}")
         self.val_cases = tuple(self.val_cases)
         self.cx_layers = tuple(self.cx_layers)
         self.stage2_nce_vgg_layers = tuple(self.stage2_nce_vgg_layers)

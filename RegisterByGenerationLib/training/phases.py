@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ..losses import ContextualLoss, LSGANLoss, PatchDiscriminator, PatchNCELoss, PatchProjection, VGG19Features, registration_loss
-from ..networks import AdaINGenerator, PAdaINGenerator, RbgModel, warp
+from ..networks import AdaINGenerator, FusionUNet, PAdaINGenerator, RbgModel, warp
 from .config import LossWeights, TrainingConfig
 from .distributed import DistributedContext, unwrap, wrap_ddp
 
@@ -67,6 +67,8 @@ def stage1_feature_layers(stage1: nn.Module) -> list[nn.Module]:
     elif isinstance(stage1, AdaINGenerator):
         encoder = stage1.content_encoder
         return [encoder[2], encoder[5], encoder[8], encoder[len(encoder) - 1]]
+    elif isinstance(stage1, FusionUNet):
+        return stage1.encoder_layers()
     else:
         raise TypeError(f"no PatchNCE layers known for {type(stage1).__name__}")
 
@@ -185,6 +187,22 @@ class Phase:
             return torch.zeros((), device=output.device)
         return torch.nn.functional.l1_loss(output, reference)
 
+    def _adversarial_terms(self, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(discriminator loss after its step, generator's LSGAN term)``; both 0 and no
+        discriminator step when the GAN weight is 0 (a CPU recipe without it)."""
+        if self.weights.gan <= 0:
+            zero = torch.zeros((), device=fake.device)
+            return zero, zero
+        loss_d = self._discriminator_step(real, fake)
+        return loss_d, self.gan.generator_loss(unwrap(self.discriminator)(fake))
+
+    def _pixel_target(self, batch: dict[str, torch.Tensor], reference: torch.Tensor) -> torch.Tensor:
+        """What the pixel term compares with: ``reference``, or the registered reference
+        when ``pixel_target`` is ``registered``."""
+        if self.config.pixel_target == "registered":
+            return batch["y_registered"].to(self.device, non_blocking=True)
+        return reference
+
     def _generator_step(self, discriminator: torch.Tensor, **terms: torch.Tensor) -> dict[str, float]:
         """One optimiser step on the weighted sum of the generator's ``terms`` (nce, cx,
         gan, identity, pixel); returns every loss as a float."""
@@ -228,18 +246,21 @@ class Stage1Phase(Phase):
 
     def train_step(self, batch):
         x, y, _ = self._batch(batch)
+        zero = torch.zeros((), device=x.device)
         with self.tap.active():
             y_hat = self.generator(x, y, generator=self.noise_generator)
             keys = self.tap.take()
-            loss_d = self._discriminator_step(y, y_hat)
-            gan = self.gan.generator_loss(unwrap(self.discriminator)(y_hat))
-            self.model.stage1(y_hat, y, generator=self.noise_generator)  # features of the output
-            queries = self.tap.take()
+            loss_d, gan = self._adversarial_terms(y, y_hat)
+            if self.weights.nce > 0:
+                self.model.stage1(y_hat, y, generator=self.noise_generator)  # features of the output
+                queries = self.tap.take()
         identity = self._identity(lambda: self.model.stage1(y, y, generator=self.noise_generator), y)
-        q, k = self.heads(queries, keys, num_patches=self.config.nce_patches, generator=self.sample_generator)
-        nce = self.nce(q, k)
-        cx = self.cx(self.cx_features(y_hat), self.cx_features(y), generator=self.sample_generator)
-        pixel = self._pixel(y_hat, y)
+        nce = zero
+        if self.weights.nce > 0:
+            q, k = self.heads(queries, keys, num_patches=self.config.nce_patches, generator=self.sample_generator)
+            nce = self.nce(q, k)
+        cx = self.cx(self.cx_features(y_hat), self.cx_features(y), generator=self.sample_generator) if self.weights.cx > 0 else zero
+        pixel = self._pixel(y_hat, self._pixel_target(batch, y))
         return self._generator_step(loss_d, nce=nce, cx=cx, gan=gan, identity=identity, pixel=pixel)
 
     @torch.no_grad()
@@ -328,21 +349,26 @@ class Stage2Phase(Phase):
     def train_step(self, batch):
         x, y, y_shifted = self._batch(batch)
         c = self.config
-        # With the pixel term, the networks see the displaced reference crop and the
-        # crop in place is the target: fed the target itself, Stage 2 could copy it.
-        fed, target = (y_shifted, y) if c.stage2_pixel_weight > 0 else (y, y_shifted)
+        zero = torch.zeros((), device=x.device)
+        # With the pixel term against the reference, the networks see the displaced
+        # reference crop and the crop in place is the target: fed the target itself,
+        # Stage 2 could copy it. A registered target is not the reference: feed y.
+        shifted = c.stage2_pixel_weight > 0 and c.pixel_target == "reference"
+        fed, target = (y_shifted, y) if shifted else (y, y_shifted)
+        pixel_target = self._pixel_target(batch, target)
         with torch.no_grad():
             y_hat = self.model.stage1(x, fed)
             flow = self.model.registration(fixed=y_hat, moving=fed)
-            keys = self._nce_features(x, fed)
+            keys = self._nce_features(x, fed) if self.weights.nce > 0 else None
         y_tilde = self.network(x, y_hat, fed, flow)
-        loss_d = self._discriminator_step(fed, y_tilde)
-        gan = self.gan.generator_loss(unwrap(self.discriminator)(y_tilde))
-        q, k = self.heads(self._nce_features(y_tilde, fed), keys, num_patches=c.nce_patches, generator=self.sample_generator)
-        nce = self.nce(q, k)
-        cx = self.cx(self.cx_features(y_tilde), self.cx_features(target), generator=self.sample_generator)
+        loss_d, gan = self._adversarial_terms(fed, y_tilde)
+        nce = zero
+        if self.weights.nce > 0:
+            q, k = self.heads(self._nce_features(y_tilde, fed), keys, num_patches=c.nce_patches, generator=self.sample_generator)
+            nce = self.nce(q, k)
+        cx = self.cx(self.cx_features(y_tilde), self.cx_features(target), generator=self.sample_generator) if self.weights.cx > 0 else zero
         identity = self._identity(lambda: self.model.stage2(fed, fed, fed, torch.zeros_like(flow)), fed)
-        pixel = self._pixel(y_tilde, target)
+        pixel = self._pixel(y_tilde, pixel_target)
         return self._generator_step(loss_d, nce=nce, cx=cx, gan=gan, identity=identity, pixel=pixel)
 
     @torch.no_grad()

@@ -138,6 +138,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ data
 
+    def _load(self, train_files, val_files) -> dict[str, CachedCase]:
+        """Every case, preprocessed; only training cases get a registered pixel target."""
+        cache = self.run_dir / "cache"
+        cases = {f.case_id: load_case(f, self.config, cache) for f in train_files}
+        cases.update({f.case_id: load_case(f, self.config, cache, pixel_target=False) for f in val_files})
+        return cases
+
     def _prepare_data(self) -> tuple[list[CachedCase], list[CachedCase]]:
         """Rank 0 checks the data, preprocesses (cache) and writes ``run.json``; then all load."""
         failed = False
@@ -145,7 +152,7 @@ class Trainer:
             try:
                 check_writable_dir(self.run_dir)
                 train_files, val_files = self._split()
-                cases = {f.case_id: load_case(f, self.config, self.run_dir / "cache") for f in train_files + val_files}
+                cases = self._load(train_files, val_files)
             except BaseException:
                 failed = True
                 broadcast_flag(True, self.context)
@@ -154,7 +161,7 @@ class Trainer:
             raise RbgError("rank 0 failed while preparing the data (see its error)")
         if not self.context.is_main:
             train_files, val_files = self._split()
-            cases = {f.case_id: load_case(f, self.config, self.run_dir / "cache") for f in train_files + val_files}
+            cases = self._load(train_files, val_files)
         barrier(self.context)
         return [cases[f.case_id] for f in train_files], [cases[f.case_id] for f in val_files]
 
