@@ -14,7 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-__all__ = ["MODALITIES", "CT_BODY_THRESHOLD_HU", "body_mask"]
+__all__ = ["MODALITIES", "CT_BODY_THRESHOLD_HU", "body_mask", "axial_axis"]
 
 #: Modalities a body mask can be computed for.
 MODALITIES = ("ct", "cbct", "mr")
@@ -51,7 +51,7 @@ def body_mask(image: sitk.Image, *, modality: str) -> sitk.Image:
     body = _largest_component(opened if _any(opened) else foreground)
     mask = _largest_component(sitk.And(sitk.BinaryDilate(body, radius, sitk.sitkBall), foreground))
     mask = sitk.BinaryMorphologicalClosing(mask, radius, sitk.sitkBall)
-    filled = _fill_holes(sitk.GetArrayFromImage(mask).astype(bool), _axial_axis(image))
+    filled = _fill_holes(sitk.GetArrayFromImage(mask).astype(bool), axial_axis(image))
     result = sitk.GetImageFromArray(filled.astype(np.uint8))
     result.CopyInformation(image)
     return result
@@ -81,7 +81,7 @@ def _radius_voxels(image: sitk.Image, radius_mm: float) -> list[int]:
     return [max(1, int(round(radius_mm / s))) if s < radius_mm * 2 else 0 for s in image.GetSpacing()]
 
 
-def _axial_axis(image: sitk.Image) -> int:
+def axial_axis(image: sitk.Image) -> int:
     """NumPy axis ([z, y, x] order) of the image axis closest to superior-inferior."""
     direction = np.reshape(image.GetDirection(), (3, 3))
     image_axis = int(np.argmax(np.abs(direction[2, :])))

@@ -79,6 +79,19 @@ class ModelInfo:
         return None if trained is None else (float(trained[0]), float(trained[1]))
 
     @property
+    def pseudo_ct_output(self) -> str:
+        """Which network output is the pseudo-CT: ``"stage2"`` (RbG's refined output, the
+        default) or ``"stage1"`` (the card says why; Stage 2 is then not run)."""
+        return self.metadata.get("pseudo_ct_output", "stage2")
+
+    @property
+    def valid_input_spacing(self) -> dict[str, tuple[float, float]]:
+        """Input spacings (mm) the model was validated on: ``{"in_plane": (lo, hi),
+        "slice": (lo, hi)}``, either absent when the card does not say."""
+        ranges = self.metadata.get("valid_input_spacing_mm", {})
+        return {key: (float(ranges[key][0]), float(ranges[key][1])) for key in ("in_plane", "slice") if key in ranges}
+
+    @property
     def canvas(self) -> tuple[int, int] | None:
         canvas = self.metadata.get("canvas")
         return None if canvas is None else tuple(int(c) for c in canvas)
@@ -106,6 +119,8 @@ class ModelInfo:
             raise ModelError(f"{card}: format_version {metadata['format_version']} is not supported (expected {FORMAT_VERSION})")
         if metadata["modality"] not in MODALITIES:
             raise ModelError(f"{card}: modality {metadata['modality']!r} is not one of {MODALITIES}")
+        if metadata.get("pseudo_ct_output", "stage2") not in ("stage1", "stage2"):
+            raise ModelError(f"{card}: pseudo_ct_output must be 'stage1' or 'stage2', got {metadata['pseudo_ct_output']!r}")
         return cls(path=path, metadata=metadata)
 
     def summary(self) -> dict[str, Any]:
@@ -116,6 +131,7 @@ class ModelInfo:
             "path": str(self.path),
             "version": self.metadata.get("version", ""),
             "stage1": self.metadata["architecture"].get("stage1", {}).get("kind", ""),
+            "pseudo_ct_output": self.pseudo_ct_output,
             "sha256": self.sha256,
             "description": self.metadata.get("description", ""),
         }

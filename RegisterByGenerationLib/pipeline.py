@@ -29,6 +29,7 @@ import SimpleITK as sitk
 import torch
 
 from .errors import Cancelled, InputError, ModelError, TensorError
+from .fov import blend_outside, field_of_view
 from .geometry import CanvasGrid
 from .intensity import normalization_from_config
 from .modelstore import ModelInfo, default_model_name, find_model, load_model
@@ -36,7 +37,7 @@ from .plausibility import check_memory, check_modalities, estimate_peak_bytes
 from .preprocess import AIR_HU, normalise_input, prealign_reference
 from .progress import ProgressCallback, SubProgress
 
-__all__ = ["Pipeline", "PipelineResult", "select_device", "select_precision", "PRECISIONS", "OUTPUT_FILES"]
+__all__ = ["Pipeline", "PipelineResult", "select_device", "select_precision", "conditions_warnings", "PRECISIONS", "OUTPUT_FILES", "FOV_BLEND_MM"]
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +119,8 @@ class PipelineResult:
     device: str = "cpu"
     batch_size: int = 0
     canvas: dict[str, Any] = field(default_factory=dict)
+    field_of_view: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
 class Pipeline:
@@ -165,6 +168,7 @@ class Pipeline:
         self.prealign = prealign
         self.seed = seed
         self._last_batch_size = 0
+        self._need_flow = False
         self.ct_normalization = normalization_from_config(self.info.metadata["normalization"]["reference"])
 
     def run(
@@ -195,8 +199,9 @@ class Pipeline:
                 raise Cancelled(f"stopped before {stage}")
 
         grid = CanvasGrid.for_image(input_image, self.info.pixel_spacing, self.info.canvas)
-        if self.info.pixel_spacing is None:
-            _warn_if_unlike_training(grid.pixel_spacing, self.info)
+        warnings = conditions_warnings(input_image, grid.pixel_spacing, self.info)
+        for warning in warnings:
+            logger.warning(warning)
         check_memory(estimate_peak_bytes(input_image, grid.shape))
         check_modalities(input_image, reference_ct, self.modality)
         checkpoint("pre-alignment")
@@ -221,7 +226,10 @@ class Pipeline:
         checkpoint("postprocessing")
         report(0.95, "postprocess", "restoring the input grid")
         start = time.perf_counter()
-        pseudo_ct = _to_int16_hu(grid.from_canvas(ct_map.inverse(outputs["output"]), default_value=AIR_HU))
+        generated = grid.from_canvas(ct_map.inverse(outputs["output"]), default_value=AIR_HU)
+        fov, fill = field_of_view(input_image)
+        inside = float(np.mean(sitk.GetArrayViewFromImage(fov)))
+        pseudo_ct = _to_int16_hu(blend_outside(generated, reference_on_input, fov, FOV_BLEND_MM))
         result = PipelineResult(
             pseudo_ct=pseudo_ct,
             reference_prealigned=reference_on_input,
@@ -229,6 +237,13 @@ class Pipeline:
             device=str(self.device),
             batch_size=self._last_batch_size,
             canvas=grid.to_dict(),
+            field_of_view={
+                "fraction_of_grid": inside,
+                "fill_value": fill,
+                "outside": "pre-aligned reference CT" if inside < 1 else "none: the input covers its whole grid",
+                "blend_mm": FOV_BLEND_MM,
+            },
+            warnings=warnings,
         )
         if keep_intermediate:
             result.stage1 = grid.from_canvas(ct_map.inverse(outputs["stage1"]), default_value=AIR_HU)
@@ -243,6 +258,7 @@ class Pipeline:
         """Run the model slice batch by slice batch; back off the batch size on CUDA OOM."""
         slices = x.shape[0]
         keys = ("output", "stage1", "flow") if keep_intermediate else ("output",)
+        self._need_flow = keep_intermediate
         results: dict[str, list[np.ndarray]] = {key: [] for key in keys}
         batch = self.batch_size or (16 if self.device.type == "cuda" else 4)
         done = 0
@@ -279,14 +295,17 @@ class Pipeline:
         )
         try:
             with torch.inference_mode(), autocast:
-                produced = self.model(to_tensor(x), to_tensor(y))
+                x_t, y_t = to_tensor(x), to_tensor(y)
+                if self.info.pseudo_ct_output == "stage2":
+                    produced = self.model(x_t, y_t)
+                else:  # the card's pseudo-CT is Stage 1's: Stage 2 is not run
+                    y_hat = self.model.stage1(x_t, y_t)
+                    produced = {"stage1": y_hat, "output": y_hat}
+                    if self._need_flow:
+                        produced["flow"] = self.model.registration(fixed=y_hat, moving=y_t)
         except TensorError as error:
             raise ModelError(f"{self.info.name}: {error}") from error
-        return {
-            "output": produced["output"][:, 0].float().cpu().numpy(),
-            "stage1": produced["stage1"][:, 0].float().cpu().numpy(),
-            "flow": produced["flow"].float().cpu().numpy(),
-        }
+        return {key: value[:, 0].float().cpu().numpy() if value.shape[1] == 1 else value.float().cpu().numpy() for key, value in produced.items()}
 
 
 def _to_int16_hu(image: sitk.Image) -> sitk.Image:
@@ -300,17 +319,35 @@ def _to_int16_hu(image: sitk.Image) -> sitk.Image:
 #: model's training range before :class:`Pipeline` warns.
 NATIVE_SPACING_TOLERANCE = 1.25
 
+#: Width (mm) of the seam inside the input's field of view where the pseudo-CT fades
+#: into the pre-aligned reference CT that fills the rest (DESIGN §3 step 8).
+FOV_BLEND_MM = 10.0
 
-def _warn_if_unlike_training(spacing: tuple[float, float], info: ModelInfo) -> None:
-    """A native-spacing model sees anatomy at the input's own scale: warn when that is far
-    from the scales it was trained at (the result is then unlikely to be useful)."""
+
+def conditions_warnings(input_image: sitk.Image, canvas_spacing: tuple[float, float], info: ModelInfo) -> list[str]:
+    """What about this input lies outside the model's training or validation conditions.
+
+    A native-spacing model sees anatomy at the input's own scale: warn when that is far
+    from the scales it was trained at. A model whose card records the input spacings it
+    was validated on (``valid_input_spacing_mm``) warns outside them.
+    """
+    warnings = []
     trained = info.native_pixel_spacing_range
-    if trained is None:
-        return
-    low, high = trained
-    if min(spacing) < low / NATIVE_SPACING_TOLERANCE or max(spacing) > high * NATIVE_SPACING_TOLERANCE:
-        logger.warning(
-            "model %s runs at each input's own pixel spacing and was trained at %.2f-%.2f mm; this input has "
-            "%.2f x %.2f mm, so expect a poor pseudo-CT (resample the input, or use a model trained at this spacing)",
-            info.name, low, high, spacing[0], spacing[1],
-        )  # fmt: skip
+    if info.pixel_spacing is None and trained is not None:
+        low, high = trained
+        if min(canvas_spacing) < low / NATIVE_SPACING_TOLERANCE or max(canvas_spacing) > high * NATIVE_SPACING_TOLERANCE:
+            warnings.append(
+                f"model {info.name} runs at each input's own pixel spacing and was trained at {low:.2f}-{high:.2f} mm; "
+                f"this input has {canvas_spacing[0]:.2f} x {canvas_spacing[1]:.2f} mm, so expect a poor pseudo-CT "
+                "(resample the input, or use a model trained at this spacing)"
+            )
+    spacing = sorted(input_image.GetSpacing())  # the two smallest are in-plane for axial scans
+    for key, values in (("in_plane", spacing[:2]), ("slice", spacing[2:])):
+        valid = info.valid_input_spacing.get(key)
+        if valid is not None and (min(values) < valid[0] - 1e-6 or max(values) > valid[1] + 1e-6):
+            shown = " x ".join(f"{v:.2f}" for v in values)
+            warnings.append(
+                f"input {key.replace('_', '-')} spacing {shown} mm is outside {valid[0]:g}-{valid[1]:g} mm, "
+                f"where model {info.name} was validated; check the pseudo-CT before use"
+            )
+    return warnings

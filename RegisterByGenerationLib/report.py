@@ -178,6 +178,7 @@ def build_report(
         "device": str(result.device),
         "batch_size": int(result.batch_size),
         "canvas": result.canvas,
+        "field_of_view": result.field_of_view,
         "prealignment": transform_summary(result.transform),
     }
     timings = {key: round(float(value), 3) for key, value in {**result.timings, **(extra_timings or {})}.items()}
@@ -209,7 +210,7 @@ def build_report(
     if undefined:
         report["undefined_metrics"] = undefined
     report["outputs"] = {key: str(path) for key, path in (outputs or {}).items()}
-    report["warnings"] = list(warnings or [])
+    report["warnings"] = [*result.warnings, *(warnings or [])]
     return report
 
 
