@@ -2,6 +2,7 @@
 
 Methods, each giving a CT in HU on the input's exact grid:
 
+- ``input``: the CBCT as it is (CBCT cases only): what a user has without any CT;
 - ``rigid``: the reference CT after our rigid mutual-information pre-alignment
   (:func:`~RegisterByGenerationLib.preprocess.prealign_reference`);
 - ``syn``: ANTsPy ``ants.registration(fixed=input, moving=reference_ct,
@@ -66,7 +67,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("rigid", "syn", "elastix", "stage1", "rbg", "registformer")
+METHODS = ("input", "rigid", "syn", "elastix", "stage1", "rbg", "registformer")
 MODEL_METHODS = ("stage1", "rbg", "registformer")
 #: Python module each baseline needs -> the pip package of the ``benchmark`` extra.
 _EXTRAS = {"syn": ("ants", "antspyx"), "elastix": ("itk", "itk-elastix")}
@@ -195,15 +196,21 @@ def _run_elastix(input_image: sitk.Image, reference_ct: sitk.Image, seed: int) -
 
 
 def run_baseline(method: str, input_image: sitk.Image, reference_ct: sitk.Image, *, modality: str, seed: int = 0) -> sitk.Image:
-    """Run ``rigid``, ``syn`` or ``elastix``; return the reference CT in HU on the input grid.
+    """Run ``input``, ``rigid``, ``syn`` or ``elastix``; return a CT in HU on the input grid
+    (``input``: the CBCT itself, float32).
 
     Raises:
-        InputError: unknown method, or its package is missing (the message says what to install).
+        InputError: unknown method, ``input`` for an MR, or a package is missing (the
+            message says what to install).
     """
     reason = missing_extra(method)
     if reason:
         raise InputError(reason)
-    if method == "rigid":
+    if method == "input":
+        if modality != "cbct":
+            raise InputError("run_baseline: method 'input' (the image as it is) is a CT only for CBCT input")
+        return sitk.Cast(input_image, sitk.sitkFloat32)
+    elif method == "rigid":
         from .preprocess import prealign_reference
 
         return prealign_reference(input_image, reference_ct, modality=modality, seed=seed)[1]
@@ -212,7 +219,7 @@ def run_baseline(method: str, input_image: sitk.Image, reference_ct: sitk.Image,
     elif method == "elastix":
         return _run_elastix(input_image, reference_ct, seed)
     else:
-        raise InputError(f"run_baseline: method must be rigid, syn or elastix, got {method!r}")
+        raise InputError(f"run_baseline: method must be input, rigid, syn or elastix, got {method!r}")
 
 
 # --- the worker: one (case, method group) in a fresh process ----------------------------
@@ -359,6 +366,8 @@ def run_benchmark(
             for group in groups:
                 base = {"case": case.case_id, "kind": case.kind, "modality": case.modality, "threads": threads}
                 model = model_for.get(("registformer" if group == ("registformer",) else "rbg", case.modality))
+                if group == ("input",) and case.modality != "cbct":
+                    continue  # an MR is no CT: nothing to compare
                 if group == ("registformer",) and model is None:
                     rows.append({**base, "method": "registformer", "note": f"skipped: no installed {case.modality} model with an adain Stage 1"})
                     progress(f"{case.case_id} registformer: skipped (no adain model)")

@@ -153,3 +153,21 @@ def test_merge_two_runs(tmp_path, capsys):
     assert "| rbg | 1 | 0.5 ± 0.0 |" in (tmp_path / "m" / "results.md").read_text()
     with pytest.raises(InputError, match="not a results.csv"):
         benchmark.read_results([tmp_path / "m" / "results.md"])
+
+
+def test_the_input_method_is_the_cbct_as_it_is_and_refused_for_mr(data_dir):
+    cbct = generate_case(9101, "cbct", TINY)
+    out = benchmark.run_baseline("input", cbct.input, cbct.reference_ct, modality="cbct")
+    assert np.array_equal(sitk.GetArrayFromImage(out), sitk.GetArrayFromImage(cbct.input).astype(np.float32))
+    assert out.GetOrigin() == cbct.input.GetOrigin() and out.GetSpacing() == cbct.input.GetSpacing()
+    with pytest.raises(InputError, match="only for CBCT"):
+        benchmark.run_baseline("input", cbct.input, cbct.reference_ct, modality="mr")
+
+
+@pytest.mark.skipif(not HAVE_ITK, reason="itk-elastix is not installed (pip install -e .[benchmark])")
+def test_elastix_on_a_tiny_case_lands_on_the_input_grid(data_dir):
+    case = benchmark.find_cases(data_dir)[0]
+    input_image = sitk.ReadImage(str(case.input_path))
+    out = benchmark.run_baseline("elastix", input_image, sitk.ReadImage(str(case.folder / "ct.nii.gz")), modality="mr")
+    assert out.GetSize() == input_image.GetSize() and out.GetOrigin() == input_image.GetOrigin()
+    assert sitk.GetArrayViewFromImage(out).max() > 300
