@@ -51,7 +51,7 @@ TEST_NORMALIZATION = {
 }
 
 
-def make_tiny_model(directory: Path, modality: str = "mr", *, name: str | None = None, seed: int = 0, pixel_spacing=(2.0, 2.0), native_range=None):
+def make_tiny_model(directory: Path, modality: str = "mr", *, name: str | None = None, seed: int = 0, pixel_spacing=(2.0, 2.0), native_range=None, **card):
     """A random-weight model directory with the ``tiny`` config (fast; output is meaningless)."""
     import torch
 
@@ -71,6 +71,7 @@ def make_tiny_model(directory: Path, modality: str = "mr", *, name: str | None =
     }
     if native_range is not None:
         metadata["native_pixel_spacing_range_mm"] = list(native_range)
+    metadata.update(card)  # e.g. pseudo_ct_output, valid_input_spacing_mm
     return save_model(model, directory, metadata)
 
 

@@ -111,3 +111,13 @@ def test_cli_run_unwritable_output(tiny_mr_model, case_dir, tmp_path, capsys):
     argv = ["run", str(case_dir / "mr.nii.gz"), str(case_dir / "ct.nii.gz"), "-o", str(blocker / "out"), "--model", str(tiny_mr_model), "--progress", "none"]
     assert main(argv) == 1
     assert "output folder is not writable" in capsys.readouterr().err
+
+
+def test_report_carries_the_pipelines_warnings_and_field_of_view(case_dir, tmp_path):
+    from conftest import make_tiny_model
+
+    model = make_tiny_model(tmp_path / "ranged", valid_input_spacing_mm={"in_plane": [0.5, 1.0], "slice": [1.0, 5.0]}).path
+    outputs = process_case(Pipeline(model, device="cpu", prealign=False), case_dir / "mr.nii.gz", case_dir / "ct.nii.gz", tmp_path / "out", bones="none")
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["warnings"] and "outside 0.5-1 mm" in report["warnings"][0]
+    assert report["field_of_view"]["fraction_of_grid"] == 1.0 and outputs.report["warnings"] == report["warnings"]

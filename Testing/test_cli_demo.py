@@ -14,11 +14,13 @@ from RegisterByGenerationLib.cli.demo import DEMO_SIZE
 def test_demo_writes_results_and_scores_against_the_truth(tmp_path, capsys):
     model = make_tiny_model(tmp_path / "model", "cbct").path
     out = tmp_path / "demo"
-    assert main(["demo", "-o", str(out), "--modality", "cbct", "--model", str(model), "--device", "cpu", "--bones", "threshold"]) == 0
+    argv = ["demo", "-o", str(out), "--modality", "cbct", "--model", str(model), "--device", "cpu", "--bones", "threshold", "--no-baselines"]
+    assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "MAE in body (HU)" in printed and "demo wall time" in printed
+    assert "CBCT as is" in printed and "Stage 1 alone" in printed
     scores = json.loads((out / "evaluation.json").read_text())
-    assert set(scores) == {"pseudo_ct", "rigid_reference"}
+    assert set(scores) == {"pseudo_ct", "input_as_is", "rigid_reference", "stage1"}
     # The rigidly pre-aligned reference of a phantom is close to its truth; a random model is not.
     assert scores["rigid_reference"]["mae_hu"] < 150 < scores["pseudo_ct"]["mae_hu"]
     assert 0.0 <= scores["pseudo_ct"]["bone_dice_labels"] <= 1.0

@@ -118,3 +118,31 @@ def test_a_native_spacing_model_runs_at_each_inputs_own_spacing_and_warns_far_fr
         assert same_geometry(result.pseudo_ct, case.input, tolerance=0.0)
         warned = [r.getMessage() for r in caplog.records if "trained at" in r.getMessage()]
         assert bool(warned) == (size != SIZE), warned
+
+
+def test_a_stage1_output_model_returns_stage1_and_never_runs_stage2(tmp_path, case, monkeypatch):
+    model = make_tiny_model(tmp_path / "s1", pseudo_ct_output="stage1").path
+    pipeline = Pipeline(model, device="cpu", prealign=False)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("Stage 2 ran")
+
+    monkeypatch.setattr(pipeline.model.stage2, "forward", refuse)
+    result = pipeline.run(case.input, case.reference_ct, keep_intermediate=True)
+    stage1 = np.clip(np.rint(sitk.GetArrayFromImage(result.stage1)), -32768, 32767)
+    assert np.array_equal(sitk.GetArrayFromImage(result.pseudo_ct), stage1)  # an MR phantom: no fill, all field of view
+    assert result.flow_magnitude is not None
+
+
+def test_spacing_outside_the_cards_range_is_a_warning_of_the_result(tmp_path, case):
+    model = make_tiny_model(tmp_path / "ranged", valid_input_spacing_mm={"in_plane": [0.5, 1.0], "slice": [0.5, 50.0]}).path
+    result = Pipeline(model, device="cpu", prealign=False).run(case.input, case.reference_ct)
+    (warning,) = result.warnings
+    assert "in-plane spacing" in warning and "outside 0.5-1 mm" in warning
+    inside = make_tiny_model(tmp_path / "wide", valid_input_spacing_mm={"in_plane": [0.5, 20.0], "slice": [0.5, 50.0]}).path
+    assert Pipeline(inside, device="cpu", prealign=False).run(case.input, case.reference_ct).warnings == []
+
+
+def test_a_card_naming_an_unknown_output_is_refused(tmp_path):
+    with pytest.raises(ModelError, match="pseudo_ct_output must be 'stage1' or 'stage2'"):
+        Pipeline(make_tiny_model(tmp_path / "bad", pseudo_ct_output="stage3").path, device="cpu")

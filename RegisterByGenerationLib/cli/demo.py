@@ -42,6 +42,8 @@ def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
     parser.add_argument("--model", metavar="NAME|DIR", help="model (default: the bundled model for --modality)")
     add_compute_arguments(parser)
     parser.add_argument("--bones", choices=("auto", "totalsegmentator", "threshold", "none"), default="auto", help="bone segmentation method (default: auto)")
+    parser.add_argument("--no-baselines", dest="baselines", action="store_false",
+                        help="skip ANTs SyN and elastix (run by default when the benchmark extra is installed; about a minute each)")  # fmt: skip
     return parser
 
 
@@ -62,12 +64,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"[2/3] running model {pipeline.info.name} on {pipeline.device}", file=sys.stderr)
     progress = make_progress("auto")
     try:
-        outputs = process_case(pipeline, case_dir / input_name, case_dir / "ct.nii.gz", out / "result", bones=args.bones, progress=progress)
+        outputs = process_case(pipeline, case_dir / input_name, case_dir / "ct.nii.gz", out / "result", bones=args.bones,
+                               progress=progress, save_intermediate=True)  # fmt: skip
     finally:
         if progress is not None:
             progress.close()
-    print("[3/3] scoring against the phantom's truth", file=sys.stderr)
-    scores = score_against_truth(outputs, case)
+    print("[3/3] scoring against the phantom's truth, beside what a user has instead", file=sys.stderr)
+    scores = score_against_truth(outputs, case, baselines=_baselines(case, args.modality) if args.baselines else {})
     with atomic_path(out / "evaluation.json") as tmp:
         tmp.write_text(json.dumps(scores, indent=2) + "\n", encoding="utf-8")
     wall = time.perf_counter() - start
@@ -75,8 +78,25 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def score_against_truth(outputs, case) -> dict:
-    """MAE/PSNR/SSIM of the pseudo-CT and of the pre-aligned reference vs ``ct_aligned``, bone Dice vs the truth."""
+def _baselines(case, modality: str) -> dict:
+    """ANTs SyN and elastix (as ``rbg benchmark`` runs them) when the benchmark extra is installed."""
+    from ..benchmark import missing_extra, run_baseline
+
+    images = {}
+    for method in ("syn", "elastix"):
+        if missing_extra(method):
+            print(f"  {method}: not run ({missing_extra(method)})", file=sys.stderr)
+            continue
+        start = time.perf_counter()
+        images[method] = run_baseline(method, case.input, case.reference_ct, modality=modality)
+        print(f"  {method}: {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    return images
+
+
+def score_against_truth(outputs, case, baselines: dict | None = None) -> dict:
+    """MAE/PSNR/SSIM/bone Dice vs ``ct_aligned`` of the pseudo-CT and of what a user has instead:
+    the input itself (CBCT only), the rigidly pre-aligned reference, Stage 1 alone, and
+    ``baselines`` (name -> image on the input grid, e.g. ANTs SyN and elastix)."""
     import SimpleITK as sitk
 
     from ..metrics import bone_dice_by_threshold, dice, mae, psnr, ssim
@@ -84,7 +104,13 @@ def score_against_truth(outputs, case) -> dict:
     truth = sitk.GetArrayFromImage(case.ct_aligned).astype("float32")
     mask = sitk.GetArrayFromImage(case.mask) > 0
     truth_bones = sitk.GetArrayFromImage(case.bones)
-    candidates = {"pseudo_ct": outputs.result.pseudo_ct, "rigid_reference": outputs.result.reference_prealigned}
+    candidates = {"pseudo_ct": outputs.result.pseudo_ct}
+    if case.truth["modality"] == "cbct":
+        candidates["input_as_is"] = case.input
+    candidates["rigid_reference"] = outputs.result.reference_prealigned
+    if outputs.result.stage1 is not None and outputs.result.stage1 is not outputs.result.pseudo_ct:
+        candidates["stage1"] = outputs.result.stage1
+    candidates.update(baselines or {})
     scores = {}
     for name, image in candidates.items():
         array = sitk.GetArrayFromImage(image).astype("float32")
@@ -99,14 +125,19 @@ def score_against_truth(outputs, case) -> dict:
     return scores
 
 
+_TITLES = {"pseudo_ct": "pseudo-CT", "input_as_is": "CBCT as is", "rigid_reference": "rigid reference", "stage1": "Stage 1 alone",
+           "syn": "ANTs SyN", "elastix": "elastix 40 mm"}  # fmt: skip
+
+
 def _print_summary(scores: dict, outputs, out: Path, wall: float) -> None:
-    rows = [("", "pseudo-CT", "rigid reference")]
+    names = list(scores)
+    rows = [("", *(_TITLES.get(name, name) for name in names))]
     labels = {"mae_hu": "MAE in body (HU)", "psnr_db": "PSNR (dB)", "ssim": "SSIM", "bone_dice_threshold": "bone Dice (>200 HU)"}
     for key, label in labels.items():
-        rows.append((label, f"{scores['pseudo_ct'][key]:.3f}", f"{scores['rigid_reference'][key]:.3f}"))
+        rows.append((label, *(f"{scores[name][key]:.3f}" for name in names)))
     if "bone_dice_labels" in scores["pseudo_ct"]:
-        rows.append(("bone Dice (masks vs truth)", f"{scores['pseudo_ct']['bone_dice_labels']:.3f}", "-"))
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+        rows.append(("bone Dice (masks vs truth)", f"{scores['pseudo_ct']['bone_dice_labels']:.3f}", *("-" for _ in names[1:])))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     print()
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)))

@@ -61,6 +61,10 @@ def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
     export.add_argument("--name", required=True, help="model name")
     export.add_argument("--checkpoint", choices=("best", "last"), default="best", help="Stage 2 checkpoint to export (default: best)")
     export.add_argument("--description", help="one-line description for `rbg models list`")
+    export.add_argument("--pseudo-ct-output", choices=("stage1", "stage2"), default="stage2",
+                        help="which output is the pseudo-CT: stage2 (RbG) or stage1 when validation shows it better (default: stage2)")
+    export.add_argument("--valid-input-spacing", nargs=4, type=float, metavar=("IN_LO", "IN_HI", "SLICE_LO", "SLICE_HI"),
+                        help="in-plane and slice spacings (mm) the model was validated on; runs outside them warn in report.json")  # fmt: skip
     return parser
 
 
@@ -95,7 +99,10 @@ def run(args: argparse.Namespace) -> int:
     if args.phase == "export":
         from ..training import export_run
 
-        info = export_run(args.run_dir, args.output, name=args.name, checkpoint=args.checkpoint, description=args.description)
+        spacing = args.valid_input_spacing
+        valid = None if spacing is None else {"in_plane": spacing[:2], "slice": spacing[2:]}
+        info = export_run(args.run_dir, args.output, name=args.name, checkpoint=args.checkpoint, description=args.description,
+                          pseudo_ct_output=args.pseudo_ct_output, valid_input_spacing_mm=valid)  # fmt: skip
         print(f"model {info.name!r} written to {info.path}", file=sys.stderr)
         return 0
 

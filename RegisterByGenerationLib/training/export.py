@@ -141,8 +141,10 @@ def model_card(run_dir: str | os.PathLike, checkpoint: str = "best") -> dict[str
         "library_version": __version__,
         "note": (
             ("Trained on synthetic phantoms only. " if synthetic else "")
-            + "Self-supervised: the losses use the input and the misaligned reference CT only; "
-            + "aligned CTs, where present, only scored validation slices. "
+            + "Self-supervised: the losses use the input and the misaligned reference CT only"
+            + (f" (the pixel terms compare with that reference registered onto the input by {config['target_registration']}, "
+               "computed by the training pipeline, as a user without aligned data can)" if config.get("pixel_target") == "registered" else "")
+            + "; aligned CTs, where present, only scored validation slices (and picked each phase's best epoch). "
             + INTENDED_USE + " " + REAL_DATA_NOTE
         ),
     }
@@ -157,6 +159,8 @@ def export_run(
     description: str | None = None,
     version: str | None = None,
     evaluation: dict[str, Any] | None = None,
+    pseudo_ct_output: str = "stage2",
+    valid_input_spacing_mm: dict[str, list[float]] | None = None,
 ) -> ModelInfo:
     """Write the run's Stage 2 checkpoint as a model directory.
 
@@ -168,6 +172,10 @@ def export_run(
         description: one line for ``rbg models list``.
         version: the model's version (default: the library's).
         evaluation: an evaluation table to record in the card (e.g. held-out cases).
+        pseudo_ct_output: ``"stage2"`` (RbG's output) or ``"stage1"`` when validation
+            showed Stage 1 alone is better (Stage 2 is then not run; the card says so).
+        valid_input_spacing_mm: ``{"in_plane": [lo, hi], "slice": [lo, hi]}`` (mm) the
+            model was validated on; the pipeline warns outside it.
 
     Returns:
         The written model's :class:`~RegisterByGenerationLib.modelstore.ModelInfo`.
@@ -176,6 +184,8 @@ def export_run(
         InputError: not a run, a phase missing, or a bad ``checkpoint`` or ``name``; a
             native-spacing run whose training inputs cannot be read.
     """
+    if pseudo_ct_output not in ("stage1", "stage2"):
+        raise InputError(f"pseudo_ct_output must be 'stage1' or 'stage2', got {pseudo_ct_output!r}")
     if checkpoint not in ("best", "last"):
         raise InputError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
     if not name or any(c in name for c in "/\\") or name.startswith("."):
@@ -199,8 +209,11 @@ def export_run(
         "description": description or f"RbG {config.preset} {config.modality.upper()} model ({card['data']['kind']}, {len(card['data']['train_cases'])} training cases)",
         "version": version or __version__,
         "intended_use": INTENDED_USE,
+        "pseudo_ct_output": pseudo_ct_output,
         "training": card,
     }
+    if valid_input_spacing_mm is not None:
+        metadata["valid_input_spacing_mm"] = valid_input_spacing_mm
     if config.pixel_spacing_mm is None:
         trained = card["data"].get("input_pixel_spacing_mm")
         if trained is None:
