@@ -30,6 +30,7 @@ import torch
 
 from .errors import Cancelled, InputError, ModelError, TensorError
 from .fov import blend_outside, field_of_view
+from .refine import REFINEMENTS, register_onto_generated
 from .geometry import CanvasGrid
 from .intensity import normalization_from_config
 from .modelstore import ModelInfo, default_model_name, find_model, load_model
@@ -136,6 +137,9 @@ class Pipeline:
         prealign: rigidly pre-align the reference CT to the input (mutual information).
         seed: seed of the pre-alignment's metric sampling.
         precision: one of :data:`PRECISIONS` (see :func:`select_precision`).
+        refine: ``"none"``, or ``"demons"``: the pre-aligned reference registered onto the
+            network's pseudo-CT by mono-modal demons becomes the pseudo-CT
+            (:mod:`~RegisterByGenerationLib.refine`).
 
     Raises:
         ModelError: the model is missing, corrupt, or made for another modality.
@@ -152,9 +156,13 @@ class Pipeline:
         prealign: bool = True,
         seed: int = 0,
         precision: str = "auto",
+        refine: str = "none",
     ) -> None:
         if modality not in ("mr", "cbct"):
             raise InputError(f"modality must be 'mr' or 'cbct', got {modality!r}")
+        if refine not in REFINEMENTS:
+            raise InputError(f"refine must be one of {', '.join(REFINEMENTS)}, got {refine!r}")
+        self.refine = refine
         if batch_size is not None and batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}")
         self.info: ModelInfo = find_model(model if model is not None else default_model_name(modality))
@@ -227,6 +235,14 @@ class Pipeline:
         report(0.95, "postprocess", "restoring the input grid")
         start = time.perf_counter()
         generated = grid.from_canvas(ct_map.inverse(outputs["output"]), default_value=AIR_HU)
+        timings["postprocess_s"] = time.perf_counter() - start
+        if self.refine == "demons":
+            checkpoint("the demons refinement")
+            report(0.95, "refine", "registering the reference CT onto the generated CT (demons)")
+            start = time.perf_counter()
+            generated, _ = register_onto_generated(generated, reference_on_input)
+            timings["refine_s"] = time.perf_counter() - start
+        start = time.perf_counter()
         fov, fill = field_of_view(input_image)
         inside = float(np.mean(sitk.GetArrayViewFromImage(fov)))
         pseudo_ct = _to_int16_hu(blend_outside(generated, reference_on_input, fov, FOV_BLEND_MM))
@@ -249,7 +265,7 @@ class Pipeline:
             result.stage1 = grid.from_canvas(ct_map.inverse(outputs["stage1"]), default_value=AIR_HU)
             magnitude = np.hypot(outputs["flow"][:, 0] * grid.pixel_spacing[0], outputs["flow"][:, 1] * grid.pixel_spacing[1])
             result.flow_magnitude = grid.from_canvas(magnitude.astype(np.float32), default_value=0.0)
-        timings["postprocess_s"] = time.perf_counter() - start
+        timings["postprocess_s"] += time.perf_counter() - start
         result.timings = timings
         report(1.0, "done", "pseudo-CT ready")
         return result

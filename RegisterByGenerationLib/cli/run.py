@@ -30,6 +30,9 @@ def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
     add_compute_arguments(parser)
     parser.add_argument("--batch-size", type=int, metavar="N", help="slices per forward pass (default: automatic)")
     parser.add_argument("--no-prealign", dest="prealign", action="store_false", help="skip the rigid pre-alignment of REFERENCE to INPUT")
+    parser.add_argument("--refine", choices=("none", "demons"), default="none",
+                        help="demons: register the pre-aligned REFERENCE onto the generated CT (mono-modal) and output the warped "
+                             "reference, so every HU comes from the patient's CT (default: none, the network's pseudo-CT)")  # fmt: skip
     parser.add_argument(
         "--bones",
         choices=("auto", "totalsegmentator", "threshold", "none"),
@@ -46,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from ..pipeline import Pipeline
     from ..progress import make_progress
 
-    pipeline = Pipeline(args.model, modality=args.modality, batch_size=args.batch_size, prealign=args.prealign, **compute_options(args))
+    pipeline = Pipeline(args.model, modality=args.modality, batch_size=args.batch_size, prealign=args.prealign, refine=args.refine, **compute_options(args))
     progress = make_progress(args.progress)
     try:
         outputs = process_case(
