@@ -77,6 +77,13 @@ class Device(enum.Enum):
         return {"auto": _("Automatic (GPU if available)"), "cuda": _("GPU (CUDA)"), "cpu": _("CPU")}[self.value]
 
 
+class Precision(enum.Enum):
+    AUTO, FLOAT32, BFLOAT16 = "auto", "float32", "bfloat16"
+
+    def label(self):
+        return {"auto": _("Automatic (mixed on GPU)"), "float32": _("Float32"), "bfloat16": _("BFloat16")}[self.value]
+
+
 class BoneMethod(enum.Enum):
     AUTO, TOTALSEGMENTATOR, THRESHOLD, NONE = "auto", "totalsegmentator", "threshold", "none"
 
@@ -93,6 +100,8 @@ class RegisterByGenerationParameterNode:
     modality: Modality = Modality.MR
     model: str = ""
     device: Device = Device.AUTO
+    threads: int = 0  # 0: automatic; the spin box limits it to 0-256
+    precision: Precision = Precision.AUTO
     prealign: bool = True
     boneMethod: BoneMethod = BoneMethod.AUTO
     outputVolume: vtkMRMLScalarVolumeNode
@@ -238,7 +247,7 @@ class RegisterByGenerationWidget(ScriptedLoadableModuleWidget, VTKObservationMix
             self.logic.process(
                 p.inputVolume, p.referenceVolume, p.outputVolume, p.outputSegmentation,
                 modality=p.modality.value, model=p.model or None, device=p.device.value, prealign=p.prealign,
-                boneMethod=p.boneMethod.value, waitForCompletion=False,
+                boneMethod=p.boneMethod.value, threads=p.threads or None, precision=p.precision.value, waitForCompletion=False,
                 progressCallback=self.onProgress, logCallback=self.onLog, completedCallback=self.onCompleted)
             started = True
         if not started:
@@ -338,13 +347,15 @@ class RegisterByGenerationLogic(ScriptedLoadableModuleLogic):
         return None
 
     def process(self, inputVolume, referenceVolume, outputVolume=None, boneSegmentation=None, modality="MR", model=None, device="auto",
-                prealign=True, boneMethod="auto", waitForCompletion=True, progressCallback=None, logCallback=None, completedCallback=None):
+                prealign=True, boneMethod="auto", threads=None, precision="auto", waitForCompletion=True, progressCallback=None,
+                logCallback=None, completedCallback=None):
         """Generate the pseudo-CT of ``inputVolume`` with the texture of ``referenceVolume``.
 
         :param outputVolume: receives the pseudo-CT (HU, exactly the input's geometry); None creates "<input> pseudo-CT".
         :param boneSegmentation: receives one segment per bone; None creates "<input> bones" (unless boneMethod is "none").
         :param modality: "MR" or "CBCT". :param model: installed model name or folder; None for the default.
         :param device: "auto", "cuda", "cuda:N" or "cpu". :param boneMethod: "auto", "totalsegmentator", "threshold" or "none".
+        :param threads: CPU threads (None: OMP_NUM_THREADS if set, else all cores). :param precision: "auto", "float32" or "bfloat16".
         :param waitForCompletion: True blocks until done and returns a RegisterByGenerationResult (raises RuntimeError
             with one line on failure); False returns None at once and calls completedCallback(result) later.
         :param progressCallback: called as (fraction, stage, message). :param logCallback: called with each log line.
@@ -366,7 +377,8 @@ class RegisterByGenerationLogic(ScriptedLoadableModuleLogic):
                 if not slicer.util.exportNode(node, path, {}, world=True):
                     raise RuntimeError(_("Could not write {name} to the temporary folder {folder}.").format(name=node.GetName(), folder=tempDir))
             argv = build_run_command(python_slicer_executable(slicer.app.slicerHome), paths["input"], paths["reference"], os.path.join(tempDir, "output"),
-                                     modality=modality, model=model, device=device, prealign=prealign, bones=boneMethod)
+                                     modality=modality, model=model, device=device, prealign=prealign, bones=boneMethod,
+                                     threads=threads, precision=precision)
             logging.info("RegisterByGeneration: %s", " ".join(argv))
             process = RunProcess(argv, env=library_environment()).start()
         except Exception:

@@ -49,6 +49,9 @@ __all__ = [
     "python_slicer_executable",
 ]
 
+#: Values of ``rbg run --precision`` (as ``pipeline.PRECISIONS``; this module imports no torch).
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+
 #: Values of ``rbg run --bones``.
 BONE_METHODS = ("auto", "totalsegmentator", "threshold", "none")
 #: Device names a host offers (``rbg run`` also takes ``cuda:N``).
@@ -76,6 +79,8 @@ def build_run_command(
     bones: str | None = "auto",
     save_intermediate: bool = False,
     batch_size: int | None = None,
+    threads: int | None = None,
+    precision: str = "auto",
 ) -> list[str]:
     """The argv of ``python -m RegisterByGenerationLib run ... --progress json``.
 
@@ -92,12 +97,14 @@ def build_run_command(
             default applies).
         save_intermediate: also write the Stage-1 image, flow magnitude and pre-aligned CT.
         batch_size: slices per forward pass; None lets the pipeline choose.
+        threads: CPU threads; None: the CLI's default (``OMP_NUM_THREADS``, else all cores).
+        precision: ``auto``, ``float32``, ``bfloat16`` or ``float16`` (``rbg run --precision``).
 
     Returns:
         The argument list, ready for :class:`RunProcess` or ``subprocess``.
 
     Raises:
-        ValueError: an empty path, or an unknown modality, device or bone method.
+        ValueError: an empty path, or an unknown modality, device, precision or bone method.
     """
     for name, value in (("python_executable", python_executable), ("input_path", input_path), ("reference_path", reference_path), ("output_dir", output_dir)):
         if value is None or not str(value):
@@ -111,6 +118,10 @@ def build_run_command(
         raise ValueError(f"bones must be one of {BONE_METHODS} or None, got {bones!r}")
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1 or None, got {threads}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     argv = [str(python_executable), "-m", "RegisterByGenerationLib", "run", str(input_path), str(reference_path), "-o", str(output_dir), "--modality", modality, "--device", device]
     if model is not None and str(model):
         argv += ["--model", str(model)]
@@ -122,6 +133,10 @@ def build_run_command(
         argv.append("--save-intermediate")
     if batch_size is not None:
         argv += ["--batch-size", str(batch_size)]
+    if threads is not None:
+        argv += ["--threads", str(threads)]
+    if precision != "auto":
+        argv += ["--precision", precision]
     argv += ["--progress", "json"]
     return argv
 
