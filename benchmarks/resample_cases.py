@@ -16,7 +16,9 @@ import argparse
 import shutil
 from pathlib import Path
 
+import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
 
 INPUTS = ("mr.nii.gz", "cbct.nii.gz")
 
@@ -34,8 +36,11 @@ def resample_in_plane(image: sitk.Image, spacing: float, interpolator: int) -> s
     if interpolator != sitk.sitkNearestNeighbor:
         # A scanner's coarser voxels average the finer ones: a Gaussian of the extra
         # width (FWHM = sqrt(new² - old²)) before sampling, in-plane only.
-        sigma = [max(new_spacing[i] ** 2 - old_spacing[i] ** 2, 0.0) ** 0.5 / 2.355 for i in range(2)] + [0.0]
-        image = sitk.Cast(sitk.SmoothingRecursiveGaussian(sitk.Cast(image, sitk.sitkFloat32), sigma), image.GetPixelID()) if max(sigma) > 0 else image
+        sigma_mm = [max(new_spacing[i] ** 2 - old_spacing[i] ** 2, 0.0) ** 0.5 / 2.355 for i in range(2)]
+        array = ndimage.gaussian_filter(sitk.GetArrayFromImage(image).astype(np.float32), (0.0, sigma_mm[1] / old_spacing[1], sigma_mm[0] / old_spacing[0]))
+        smoothed = sitk.GetImageFromArray(array)
+        smoothed.CopyInformation(image)
+        image = sitk.Cast(smoothed, image.GetPixelID())
     return sitk.Resample(image, new_size, sitk.Transform(), interpolator, origin, new_spacing, image.GetDirection(), default, image.GetPixelID())
 
 
