@@ -13,6 +13,8 @@ Methods, each giving a CT in HU on the input's exact grid:
   default 10 mm grid folds in the pelvis (DESIGN §9);
 - ``stage1``: our Stage 1 output alone; ``rbg``: the full pipeline (one pipeline run gives
   both, so they share its wall time and memory);
+- ``refined``: the pipeline with ``refine="demons"`` (the pre-aligned reference
+  registered onto the generated CT by mono-modal demons, :mod:`.refine`);
 - ``registformer``: the pipeline with an installed model whose Stage 1 is ``adain``.
 
 Each (case, method) runs in a fresh worker process (``python -m
@@ -67,8 +69,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("input", "rigid", "syn", "elastix", "stage1", "rbg", "registformer")
-MODEL_METHODS = ("stage1", "rbg", "registformer")
+METHODS = ("input", "rigid", "syn", "elastix", "stage1", "rbg", "refined", "registformer")
+MODEL_METHODS = ("stage1", "rbg", "refined", "registformer")
 #: Python module each baseline needs -> the pip package of the ``benchmark`` extra.
 _EXTRAS = {"syn": ("ants", "antspyx"), "elastix": ("itk", "itk-elastix")}
 METRICS = ("mae", "psnr", "ssim", "bone_dice", "bone_hd95", "gradient_correlation", "nmi", "sharpness", "tv_z")
@@ -249,12 +251,13 @@ def _worker(job: dict[str, Any]) -> dict[str, Any]:
     if method in MODEL_METHODS:
         from .pipeline import Pipeline
 
-        pipeline = Pipeline(job["model"], modality=job["modality"], device="cpu", seed=job["seed"])
+        refine = "demons" if method == "refined" else "none"
+        pipeline = Pipeline(job["model"], modality=job["modality"], device="cpu", seed=job["seed"], refine=refine)
     baseline_mb = _current_rss_mb()
     start = time.perf_counter()
     if pipeline is not None:
         result = pipeline.run(input_image, reference_ct, keep_intermediate=True)
-        outputs = {"stage1": result.stage1, "rbg": result.pseudo_ct, "registformer": result.pseudo_ct}
+        outputs = {"stage1": result.stage1, "rbg": result.pseudo_ct, "refined": result.pseudo_ct, "registformer": result.pseudo_ct}
         outputs = {key: outputs[key] for key in job["outputs"]}
     else:
         outputs = {method: run_baseline(method, input_image, reference_ct, modality=job["modality"], seed=job["seed"])}
@@ -313,7 +316,8 @@ def run_benchmark(
     Args:
         data_dir: folder with case folders (see :func:`find_cases`).
         out_dir: output folder (created); outputs are replaced atomically.
-        methods: subset of :data:`METHODS`. ``registformer`` is skipped (with a note) when no
+        methods: subset of :data:`METHODS`. ``stage1``, ``rbg`` and ``refined`` use the
+            modality's model; ``registformer`` is skipped (with a note) when no
             installed model of that modality has an ``adain`` Stage 1.
         cases: keep the first N cases of each (kind, modality).
         threads: threads of every method (torch, ITK, ANTs, elastix).
@@ -346,7 +350,7 @@ def run_benchmark(
 
     model_for: dict[tuple[str, str], str | None] = {}
     for modality in sorted({case.modality for case in found}):
-        if {"stage1", "rbg"} & set(methods):
+        if {"stage1", "rbg", "refined"} & set(methods):
             name = (models or {}).get(modality) or default_model_name(modality)
             info = find_model(name)  # ModelError when absent
             if info.modality != modality:

@@ -52,14 +52,14 @@ def test_find_cases(data_dir, tmp_path):
 
 def test_end_to_end_rigid_stage1_rbg(data_dir, tiny_mr_model, tmp_path, capsys):
     out = tmp_path / "out"
-    argv = ["benchmark", "--data", str(data_dir), "-o", str(out), "--methods", "rigid", "stage1", "rbg", "registformer",
+    argv = ["benchmark", "--data", str(data_dir), "-o", str(out), "--methods", "input", "rigid", "stage1", "rbg", "refined", "registformer",
             "--mr-model", str(tiny_mr_model), "--threads", "1"]
     assert cli.main(argv) == 0
-    assert "rbg benchmark: 4 rows" in capsys.readouterr().out
+    assert "rbg benchmark: 5 rows" in capsys.readouterr().out  # no "input" row: an MR is no CT
     with open(out / "results.csv", newline="") as handle:
         rows = {row["method"]: row for row in csv.DictReader(handle)}
-    assert list(rows) == ["rigid", "stage1", "rbg", "registformer"]
-    for method in ("rigid", "stage1", "rbg"):
+    assert list(rows) == ["rigid", "stage1", "rbg", "refined", "registformer"]
+    for method in ("rigid", "stage1", "rbg", "refined"):
         row = rows[method]
         assert row["case"] == "1PS9100" and row["threads"] == "1"
         for key in ("mae", "psnr", "ssim", "bone_dice", "gradient_correlation", "nmi", "sharpness", "tv_z", "wall_s", "peak_mem_mb"):
@@ -68,6 +68,7 @@ def test_end_to_end_rigid_stage1_rbg(data_dir, tiny_mr_model, tmp_path, capsys):
     # the rigidly aligned real CT of the same phantom is far closer to the truth than random weights
     assert float(rows["rigid"]["mae"]) < float(rows["rbg"]["mae"])
     assert rows["stage1"]["wall_s"] == rows["rbg"]["wall_s"] and "timed together" in rows["stage1"]["note"]
+    assert rows["refined"]["wall_s"] != rows["rbg"]["wall_s"]  # its own pipeline run, with the demons refinement
     assert rows["registformer"]["note"].startswith("skipped") and rows["registformer"]["mae"] == ""
     table = (out / "results.md").read_text()
     assert "| rigid | 1 |" in table and "| rbg | 1 |" in table and "### Every case" in table

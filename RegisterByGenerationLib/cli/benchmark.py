@@ -23,7 +23,7 @@ pip install -e .[benchmark]
 
 
 #: Same as ``RegisterByGenerationLib.benchmark.METHODS`` (kept here so ``rbg --help`` stays instant).
-METHODS = ("input", "rigid", "syn", "elastix", "stage1", "rbg", "registformer")
+METHODS = ("input", "rigid", "syn", "elastix", "stage1", "rbg", "refined", "registformer")
 
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.ArgumentParser:
