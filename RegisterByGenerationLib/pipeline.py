@@ -52,17 +52,16 @@ OUTPUT_FILES = {
 
 
 def select_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA, then Apple MPS, then the CPU; an explicit device must exist.
+    """``auto`` picks CUDA, else the CPU; Apple MPS only when asked for (``mps``).
+
+    MPS is opt-in: the streaming window attention and the grid sampling of the flows have
+    not been checked on MPS (no Apple machine here), so ``auto`` does not pick it.
 
     Raises:
         InputError: unknown name, or the requested accelerator is not available.
     """
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     try:
         device = torch.device(name)
     except RuntimeError as error:
@@ -210,7 +209,8 @@ class Pipeline:
         warnings = conditions_warnings(input_image, grid.pixel_spacing, self.info)
         for warning in warnings:
             logger.warning(warning)
-        check_memory(estimate_peak_bytes(input_image, grid.shape))
+        cpu_batch = (self.batch_size or 4) if self.device.type == "cpu" else 0  # GPU activations are not RAM
+        check_memory(estimate_peak_bytes(input_image, grid.shape, self.info.metadata["architecture"]["stage1"], cpu_batch))
         check_modalities(input_image, reference_ct, self.modality)
         checkpoint("pre-alignment")
         start = time.perf_counter()

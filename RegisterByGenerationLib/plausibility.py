@@ -48,17 +48,26 @@ def check_modalities(input_image: sitk.Image, reference_ct: sitk.Image, modality
         )
 
 
-def estimate_peak_bytes(input_image: sitk.Image, canvas_shape: tuple[int, int, int]) -> int:
+def estimate_peak_bytes(input_image: sitk.Image, canvas_shape: tuple[int, int, int], stage1: dict | None = None, batch: int = 0) -> int:
     """Rough upper bound of the pipeline's peak RAM for one case, in bytes.
 
     Counts float32 copies: about 8 of the input grid (input, resampled reference, mask,
     N4 and normalisation temporaries, outputs) and 10 of the canvas (x, y, four model
-    outputs and resampling temporaries). Model activations are per slice batch and small
-    in comparison on the CPU; on a GPU the batch size backs off on out-of-memory errors.
+    outputs and resampling temporaries), plus, with ``stage1`` (the model's Stage 1
+    config as in ``model.json``) and ``batch`` slices per forward pass on the CPU, Stage 1's
+    activations at full resolution: for PAdaIN the γ/β hidden layer, ``style_hidden``
+    channels, and γ and β themselves (about 2 GB per tensor for the published 512 hidden
+    channels at batch 4 and 512²), for other kinds about 16 maps of ``channels``.
     """
     input_voxels = int(np.prod(input_image.GetSize(), dtype=np.int64))
     canvas_voxels = int(np.prod(canvas_shape, dtype=np.int64))
-    return 4 * (8 * input_voxels + 10 * canvas_voxels)
+    total = 4 * (8 * input_voxels + 10 * canvas_voxels)
+    if stage1 is not None and batch > 0:
+        pixels = batch * int(canvas_shape[1]) * int(canvas_shape[2])
+        channels = int(stage1.get("channels", 0))
+        maps = 3 * int(stage1.get("style_hidden", 0)) + 4 * channels if stage1.get("kind") == "padain" else 16 * channels
+        total += 4 * pixels * maps
+    return total
 
 
 def check_memory(needed_bytes: int, available_bytes: int | None = None, *, name: str = "input") -> None:

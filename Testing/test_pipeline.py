@@ -170,3 +170,11 @@ def test_demons_moves_a_shifted_ct_back_onto_its_original():
     truth, before, after = (sitk.GetArrayFromImage(i).astype(float) for i in (ct, shifted, warped))
     body = truth > -500
     assert np.abs(after - truth)[body].mean() < 0.6 * np.abs(before - truth)[body].mean()
+
+
+def test_auto_device_never_picks_mps(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert select_device("auto").type == "cpu"

@@ -42,3 +42,15 @@ def test_memory_estimate_scales_and_refuses_what_does_not_fit(real_ct):
     check_memory(small, available_bytes=small + 1)
     with pytest.raises(InputError, match=r"input: volume too large for this machine: the run needs about \d+\.\d GiB"):
         check_memory(small, available_bytes=small // 2)
+
+
+def test_the_ram_estimate_counts_the_full_preset_style_layers(real_ct):
+    from RegisterByGenerationLib.networks import ModelConfig
+
+    canvas = (100, 512, 512)
+    plain = estimate_peak_bytes(real_ct, canvas)
+    full = estimate_peak_bytes(real_ct, canvas, ModelConfig.full().stage1.to_dict(), batch=4)
+    lite = estimate_peak_bytes(real_ct, canvas, ModelConfig.lite().stage1.to_dict(), batch=4)
+    hidden = 4 * 4 * 512 * 512 * 512  # one γ/β hidden tensor: 512 channels, batch 4, 512²: 2 GiB
+    assert full - plain >= 3 * hidden and lite - plain < hidden / 2
+    assert estimate_peak_bytes(real_ct, canvas, ModelConfig.full().stage1.to_dict(), batch=0) == plain

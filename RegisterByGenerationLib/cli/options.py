@@ -19,7 +19,7 @@ def _positive_int(text: str) -> int:
 
 def add_compute_arguments(parser: argparse.ArgumentParser) -> None:
     """``--device``, ``--precision`` and ``--threads``."""
-    parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps (default: auto)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA, else the CPU), cpu, cuda, cuda:N or mps (opt-in, unverified) (default: auto)")
     parser.add_argument(
         "--precision", choices=_PRECISIONS, default="auto",
         help="arithmetic of the networks' convolutions: auto (mixed bfloat16/float16 on CUDA, float32 elsewhere), "

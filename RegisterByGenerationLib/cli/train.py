@@ -47,7 +47,7 @@ def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
     common.add_argument("--epochs", type=int, metavar="N", help="epochs of every phase (overrides the config)")
     common.add_argument("--seed", type=int, metavar="N", help="seed of the run (split, initialisation, crops)")
     common.add_argument("--resume", action="store_true", help="continue a phase from its last checkpoint (exactly)")
-    common.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps (default: auto)")
+    common.add_argument("--device", default="auto", help="auto (CUDA, else the CPU), cpu, cuda, cuda:N or mps (opt-in, unverified) (default: auto)")
     common.add_argument("--threads", type=int, metavar="N", help="torch CPU threads per process (default: torch's choice; on a busy shared machine 1 is often fastest)")
     common.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     for phase, text in _PHASE_HELP.items():
