@@ -136,6 +136,7 @@ def run_batch(
     model: str | os.PathLike | None = None,
     device: str = "auto",
     precision: str = "auto",
+    threads: int | None = None,
     prealign: bool = True,
     bones: str = "auto",
     progress: ProgressCallback | None = None,
@@ -148,7 +149,7 @@ def run_batch(
         data_dir: folder of case folders (see the module docstring).
         out_dir: output root; ``out_dir/<ID>/`` gets the files of ``rbg run``.
         modality: ``"mr"``, ``"cbct"`` or None (inferred from the files).
-        model, device, precision, prealign: as for :class:`~RegisterByGenerationLib.pipeline.Pipeline`.
+        model, device, precision, threads, prealign: as for :class:`~RegisterByGenerationLib.pipeline.Pipeline`.
         bones: bone segmentation method, as ``rbg run --bones`` (``none`` skips it).
         progress: overall progress callback (each case gets an equal share).
         cancel: set it to stop after the current slice batch; the summary is written.
@@ -188,7 +189,7 @@ def run_batch(
                 if pipeline is None:
                     from .pipeline import Pipeline
 
-                    pipeline = Pipeline(model, modality=modality, device=device, precision=precision, prealign=prealign)
+                    pipeline = Pipeline(model, modality=modality, device=device, precision=precision, threads=threads, prealign=prealign)
                 result = _run_case(pipeline, case, out_dir / case.case_id, bones, share, cancel)
             results.append(result)
             share(1.0, "case", f"{result.case_id}: {result.status}")

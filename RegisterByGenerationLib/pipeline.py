@@ -136,6 +136,8 @@ class Pipeline:
         prealign: rigidly pre-align the reference CT to the input (mutual information).
         seed: seed of the pre-alignment's metric sampling.
         precision: one of :data:`PRECISIONS` (see :func:`select_precision`).
+        threads: threads of the rigid pre-alignment (None: one, bit-reproducible; the
+            CLI passes its ``--threads``, the networks' thread count).
         refine: ``"none"``, or ``"demons"``: the pre-aligned reference registered onto the
             network's pseudo-CT by mono-modal demons becomes the pseudo-CT
             (:mod:`~RegisterByGenerationLib.refine`).
@@ -156,12 +158,14 @@ class Pipeline:
         seed: int = 0,
         precision: str = "auto",
         refine: str = "none",
+        threads: int | None = None,
     ) -> None:
         if modality not in ("mr", "cbct"):
             raise InputError(f"modality must be 'mr' or 'cbct', got {modality!r}")
         if refine not in REFINEMENTS:
             raise InputError(f"refine must be one of {', '.join(REFINEMENTS)}, got {refine!r}")
         self.refine = refine
+        self.threads = threads
         if batch_size is not None and batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}")
         self.info: ModelInfo = find_model(model if model is not None else default_model_name(modality))
@@ -216,7 +220,11 @@ class Pipeline:
         start = time.perf_counter()
         if self.prealign:
             report(0.0, "prealign", "rigid mutual-information registration of the reference CT")
-        transform, reference_on_input = prealign_reference(input_image, reference_ct, modality=self.modality, prealign=self.prealign, seed=self.seed)
+        prealign_progress = SubProgress(report, 0.0, 0.15)
+        transform, reference_on_input = prealign_reference(
+            input_image, reference_ct, modality=self.modality, prealign=self.prealign, seed=self.seed, threads=self.threads,
+            progress=lambda fraction, message: prealign_progress(fraction, "prealign", message),
+        )  # fmt: skip
         timings["prealign_s"] = time.perf_counter() - start
 
         checkpoint("preprocessing")

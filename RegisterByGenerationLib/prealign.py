@@ -77,6 +77,7 @@ def rigid_prealign(
     max_iterations: int = 200,
     threads: int | None = None,
     fixed_mask: sitk.Image | None = None,
+    progress=None,
 ) -> sitk.Euler3DTransform:
     """Rigidly register ``moving`` (the reference CT) to ``fixed`` (the input).
 
@@ -98,6 +99,9 @@ def rigid_prealign(
             order (results then differ by ~1e-9 mm between runs).
         fixed_mask: where to sample the metric (nonzero voxels, on ``fixed``'s grid);
             None computes a body mask of ``fixed`` (at ~5 mm, enough for sampling).
+        progress: called as ``progress(fraction, message)`` at every optimiser iteration,
+            the fraction counting levels and iterations within them (an upper bound:
+            a level may stop early).
 
     Returns:
         The transform mapping fixed physical points (mm) to moving points; use it with
@@ -128,6 +132,15 @@ def rigid_prealign(
     fixed_mask.CopyInformation(fixed)
     registration = _registration_method(fixed_mask, seed, sampling, max_iterations)
     registration.SetNumberOfThreads(threads or 1)
+    if progress is not None:
+        levels = len(_SHRINK_FACTORS)
+
+        def iteration() -> None:
+            level = registration.GetCurrentLevel()
+            done = min(registration.GetOptimizerIteration() / max_iterations, 1.0)
+            progress((level + done) / levels, f"level {level + 1} of {levels}, iteration {registration.GetOptimizerIteration()}")
+
+        registration.AddCommand(sitk.sitkIterationEvent, iteration)
     with _global_itk_threads(threads or 1):
         initial = _initial_transform(registration, fixed, moving)
         registration.SetInitialTransform(initial, inPlace=True)

@@ -57,9 +57,13 @@ class PreparedCase:
 
 
 def prealign_reference(
-    input_image: sitk.Image, reference_ct: sitk.Image, *, modality: str, prealign: bool = True, seed: int = 0
+    input_image: sitk.Image, reference_ct: sitk.Image, *, modality: str, prealign: bool = True, seed: int = 0,
+    threads: int | None = None, progress=None,
 ) -> tuple[sitk.Transform, sitk.Image]:
     """DESIGN §3 steps 2-4: overlap check, rigid pre-alignment, resampling onto the input grid.
+
+    ``threads`` and ``progress`` go to :func:`~.prealign.rigid_prealign` (None: one
+    thread, bit-reproducible).
 
     Returns:
         ``(transform, reference_on_input)``; the reference in HU on the input's grid, with
@@ -70,7 +74,7 @@ def prealign_reference(
     """
     check_overlap(input_image, reference_ct)
     if prealign:
-        transform = rigid_prealign(input_image, reference_ct, fixed_modality=modality, seed=seed)
+        transform = rigid_prealign(input_image, reference_ct, fixed_modality=modality, seed=seed, threads=threads, progress=progress)
     else:
         transform = sitk.Euler3DTransform()
     return transform, resample_onto(reference_ct, input_image, transform, default_value=AIR_HU)

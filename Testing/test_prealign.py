@@ -125,3 +125,12 @@ def test_rigid_prealign_validates_arguments():
         rigid_prealign(image, image, threads=0)
     with pytest.raises(ValueError, match="fixed_mask"):
         rigid_prealign(image, image, fixed_mask=make_volume(size=(8, 8, 8)))
+
+
+def test_rigid_prealign_reports_progress_within_its_levels_and_takes_threads(misaligned):
+    fixed, moving, _, _ = misaligned
+    seen = []
+    rigid_prealign(fixed, moving, fixed_modality="ct", seed=0, threads=2, progress=lambda fraction, message: seen.append((fraction, message)))
+    fractions = [f for f, _ in seen]
+    assert len(seen) > 3 and fractions == sorted(fractions) and 0 <= fractions[0] and fractions[-1] <= 1
+    assert {message.split(",")[0] for _, message in seen} >= {"level 1 of 3", "level 3 of 3"}

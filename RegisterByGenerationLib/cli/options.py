@@ -32,8 +32,8 @@ def add_compute_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def compute_options(args: argparse.Namespace) -> dict[str, Any]:
-    """Set the thread count; return the ``device`` and ``precision`` keywords of :class:`~..pipeline.Pipeline`."""
+    """Set the thread count; return the ``device``, ``precision`` and ``threads`` keywords of :class:`~..pipeline.Pipeline`."""
     from ..threads import set_threads
 
-    set_threads(args.threads)
-    return {"device": args.device, "precision": args.precision}
+    threads = set_threads(args.threads)
+    return {"device": args.device, "precision": args.precision, "threads": threads}
