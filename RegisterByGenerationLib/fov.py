@@ -9,7 +9,9 @@ even where it reaches the first or last slice). Images without such a fill
 (MR with noise everywhere) have their whole grid as field of view.
 
 Outside the field of view the pseudo-CT takes the registered reference CT, with a linear
-seam ``blend_mm`` wide inside the boundary, so the result is a complete CT for dose.
+seam ``blend_mm`` wide just outside the boundary (inside, every voxel is the model's: a
+seam inside cost 0.7 HU MAE on a held-out CBCT phantom), so the result is a complete CT
+for dose.
 """
 
 from __future__ import annotations
@@ -55,15 +57,15 @@ def field_of_view(image: sitk.Image) -> tuple[sitk.Image, float | None]:
 
 
 def blend_outside(image: sitk.Image, fill_in: sitk.Image, fov: sitk.Image, blend_mm: float) -> sitk.Image:
-    """``image`` inside ``fov``, ``fill_in`` outside, linear over ``blend_mm`` inside the seam.
+    """``image`` inside ``fov``, ``fill_in`` beyond ``blend_mm`` outside it, linear in between.
 
     Both images are on ``fov``'s grid; the result has ``image``'s pixel type and geometry.
     """
     inside = sitk.GetArrayViewFromImage(fov) > 0
     if inside.all():
         return image
-    depth = ndimage.distance_transform_edt(inside, sampling=fov.GetSpacing()[::-1])
-    weight = np.clip(depth / max(blend_mm, 1e-6), 0.0, 1.0)
+    outside = ndimage.distance_transform_edt(~inside, sampling=fov.GetSpacing()[::-1])
+    weight = np.clip(1.0 - outside / max(blend_mm, 1e-6), 0.0, 1.0)
     a = sitk.GetArrayViewFromImage(image).astype(np.float64)
     b = sitk.GetArrayViewFromImage(fill_in).astype(np.float64)
     blended = weight * a + (1.0 - weight) * b
