@@ -422,3 +422,17 @@ def test_held_out_evaluation_scores_rigid_stage1_and_pseudo_ct(trained_run):
     assert set(evaluation["floors"]) == {"mae_at_most_0.6_x_rigid", "mae_below_stage1", "bone_dice_at_least_0.85"}
     assert evaluation["floors"]["mae_at_most_0.6_x_rigid"] is False
     assert "| **mean** |" in markdown_table(evaluation)
+
+
+def test_export_records_the_output_stage_and_the_validated_spacings(trained_run, tmp_path, capsys):
+    run, _, _ = trained_run
+    out = tmp_path / "model"
+    argv = ["train", "export", str(run), "-o", str(out), "--name", "s1", "--pseudo-ct-output", "stage1", "--valid-input-spacing", "0.5", "3", "1", "5"]
+    assert main(argv) == 0
+    info = ModelInfo.from_directory(out)
+    assert info.pseudo_ct_output == "stage1" and info.summary()["pseudo_ct_output"] == "stage1"
+    assert info.valid_input_spacing == {"in_plane": (0.5, 3.0), "slice": (1.0, 5.0)}
+    with pytest.raises(InputError, match="pseudo_ct_output must be"):
+        from RegisterByGenerationLib.training import export_run
+
+        export_run(run, tmp_path / "bad", name="bad", pseudo_ct_output="stage3")
