@@ -30,13 +30,13 @@ import torch
 
 from .errors import Cancelled, InputError, ModelError, TensorError
 from .fov import blend_outside, field_of_view
-from .refine import REFINEMENTS, register_onto_generated
 from .geometry import CanvasGrid
 from .intensity import normalization_from_config
 from .modelstore import ModelInfo, default_model_name, find_model, load_model
 from .plausibility import check_memory, check_modalities, estimate_peak_bytes
 from .preprocess import AIR_HU, normalise_input, prealign_reference
 from .progress import ProgressCallback, SubProgress
+from .refine import REFINEMENTS, register_onto_generated
 
 __all__ = ["Pipeline", "PipelineResult", "select_device", "select_precision", "conditions_warnings", "PRECISIONS", "OUTPUT_FILES", "FOV_BLEND_MM"]
 
@@ -179,7 +179,6 @@ class Pipeline:
         self.prealign = prealign
         self.seed = seed
         self._last_batch_size = 0
-        self._need_flow = False
         self.ct_normalization = normalization_from_config(self.info.metadata["normalization"]["reference"])
 
     def run(
@@ -282,7 +281,6 @@ class Pipeline:
         """Run the model slice batch by slice batch; back off the batch size on CUDA OOM."""
         slices = x.shape[0]
         keys = ("output", "stage1", "flow") if keep_intermediate else ("output",)
-        self._need_flow = keep_intermediate
         results: dict[str, list[np.ndarray]] = {key: [] for key in keys}
         batch = self.batch_size or (16 if self.device.type == "cuda" else 4)
         done = 0
@@ -291,7 +289,7 @@ class Pipeline:
             stop = min(done + batch, slices)
             report(done / slices, "generate", f"slices {done + 1}-{stop} of {slices}")
             try:
-                produced = self._forward(x[done:stop], y[done:stop])
+                produced = self._forward(x[done:stop], y[done:stop], need_flow=keep_intermediate)
             except torch.OutOfMemoryError:
                 if self.batch_size is not None or batch == 1:
                     raise
@@ -306,8 +304,9 @@ class Pipeline:
         self._last_batch_size = batch
         return {key: np.concatenate(parts) for key, parts in results.items()}
 
-    def _forward(self, x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
-        """One batch ``[b, H, W]`` → model outputs as float32 NumPy arrays."""
+    def _forward(self, x: np.ndarray, y: np.ndarray, *, need_flow: bool) -> dict[str, np.ndarray]:
+        """One batch ``[b, H, W]`` → model outputs as float32 NumPy arrays (the flow only
+        when ``need_flow`` or when the full model runs anyway)."""
 
         def to_tensor(slices: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(np.ascontiguousarray(slices[:, None])).to(self.device)
@@ -325,7 +324,7 @@ class Pipeline:
                 else:  # the card's pseudo-CT is Stage 1's: Stage 2 is not run
                     y_hat = self.model.stage1(x_t, y_t)
                     produced = {"stage1": y_hat, "output": y_hat}
-                    if self._need_flow:
+                    if need_flow:
                         produced["flow"] = self.model.registration(fixed=y_hat, moving=y_t)
         except TensorError as error:
             raise ModelError(f"{self.info.name}: {error}") from error
