@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .blocks import check_image, check_multiple, check_same_grid, float32_head
+from .blocks import check_input_pair, float32_head
 
 __all__ = ["AdaINGenerator", "STYLE_DIM"]
 
@@ -151,10 +151,7 @@ class AdaINGenerator(nn.Module):
         Raises:
             ValueError: bad shapes (see :func:`~.blocks.check_image`).
         """
-        check_image("x", x, channels=1)
-        check_image("y", y, channels=1)
-        check_same_grid("y", y, "x", x)
-        check_multiple("x", x, self.size_multiple)
+        check_input_pair(x, y, self.size_multiple)
         content = self.content_encoder(x)
         params = self.mlp(self.style_code(y))
         offset = 0

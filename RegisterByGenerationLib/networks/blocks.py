@@ -30,6 +30,7 @@ __all__ = [
     "check_image",
     "check_same_grid",
     "check_multiple",
+    "check_input_pair",
     "float32_head",
     "conv_block",
     "init_normal",
@@ -96,6 +97,19 @@ def check_multiple(name: str, tensor: torch.Tensor, multiple: int) -> None:
     height, width = tensor.shape[-2:]
     if height % multiple or width % multiple:
         raise TensorError(f"{name}: H and W must be multiples of {multiple}, got ({height}, {width})")
+
+
+def check_input_pair(x: torch.Tensor, y: torch.Tensor, multiple: int) -> None:
+    """The checks of every ``(x, y)`` network: two ``[B, 1, H, W]`` tensors on one grid,
+    device and dtype, H and W multiples of ``multiple``.
+
+    Raises:
+        TensorError (a ValueError): as :func:`check_image`, :func:`check_same_grid`, :func:`check_multiple`.
+    """
+    check_image("x", x, channels=1)
+    check_image("y", y, channels=1)
+    check_same_grid("y", y, "x", x)
+    check_multiple("x", x, multiple)
 
 
 # --------------------------------------------------------------------------- layers

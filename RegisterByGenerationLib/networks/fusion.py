@@ -16,7 +16,7 @@ import torch
 from monai.networks.nets import BasicUNet
 from torch import nn
 
-from .blocks import check_image, check_multiple, check_same_grid, float32_head
+from .blocks import check_input_pair, float32_head
 
 __all__ = ["FusionUNet"]
 
@@ -62,8 +62,5 @@ class FusionUNet(nn.Module):
         Raises:
             TensorError: bad shapes, or H, W not multiples of 16.
         """
-        check_image("x", x, channels=1)
-        check_image("y", y, channels=1)
-        check_same_grid("y", y, "x", x)
-        check_multiple("x", x, self.size_multiple)
+        check_input_pair(x, y, self.size_multiple)
         return float32_head(self.head, self.unet(torch.cat([x, y], dim=1)))

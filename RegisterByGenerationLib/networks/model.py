@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .adain import AdaINGenerator
-from .blocks import check_image, check_multiple, check_same_grid
+from .blocks import check_input_pair
 from .config import ModelConfig, Stage1Config
 from .fusion import FusionUNet
 from .registration import DiffeomorphicRegistration
@@ -110,10 +110,7 @@ class RbgModel(nn.Module):
         Raises:
             ValueError: bad shapes, or H, W not multiples of 16.
         """
-        check_image("x", x, channels=1)
-        check_image("y", y, channels=1)
-        check_same_grid("y", y, "x", x)
-        check_multiple("x", x, self.size_multiple)
+        check_input_pair(x, y, self.size_multiple)
         y_hat = self.stage1(x, y, generator=generator)
         flow = self.registration(fixed=y_hat, moving=y)
         output = self.stage2(x, y_hat, y, flow)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .blocks import NoiseInjection, check_image, check_multiple, check_same_grid, float32_head, init_normal
+from .blocks import NoiseInjection, check_input_pair, float32_head, init_normal
 
 __all__ = ["PatchStyleModulation", "StyleConvBlock", "PAdaINGenerator"]
 
@@ -164,10 +164,7 @@ class PAdaINGenerator(nn.Module):
         Raises:
             ValueError: bad shapes (see :func:`~.blocks.check_image`).
         """
-        check_image("x", x, channels=1)
-        check_image("y", y, channels=1)
-        check_same_grid("y", y, "x", x)
-        check_multiple("x", x, self.size_multiple)
+        check_input_pair(x, y, self.size_multiple)
         coarse = self.coarse_reference(y)
         styles: dict[tuple[int, int], torch.Tensor] = {}
 
