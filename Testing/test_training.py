@@ -233,7 +233,7 @@ def test_registered_target_is_the_classical_registration_on_the_canvas(registere
     from RegisterByGenerationLib.preprocess import prepare_case
 
     config, files, _, loaded = registered_cases
-    assert loaded[0].y_registered is not None and not np.array_equal(loaded[0].y_registered, loaded[0].y)  # ANTs SyN moved it
+    assert loaded[0].y_target is not None and not np.array_equal(loaded[0].y_target, loaded[0].y)  # ANTs SyN moved it
     # The plumbing, exactly: a known "registration" (the reference shifted 5 mm) becomes the target on the canvas.
     calls = []
 
@@ -247,11 +247,11 @@ def test_registered_target_is_the_classical_registration_on_the_canvas(registere
     input_image, reference = sitk.ReadImage(str(files[0].input)), sitk.ReadImage(str(files[0].reference))
     prepared = prepare_case(input_image, reference, modality="mr", pixel_spacing=config.pixel_spacing_mm, canvas=None, normalization=config.normalization)
     expected = prepared.ct_map.forward(prepared.grid.to_canvas(shifted("syn", input_image, reference, modality="mr", seed=0), default_value=-1024.0))
-    assert np.array_equal(case.y_registered, expected) and calls[0] == "syn"
+    assert np.array_equal(case.y_target, expected) and calls[0] == "syn"
     # Cached: a second load reads the same target without registering again; validation cases get none.
     calls.clear()
-    assert np.array_equal(load_case(files[0], config, cache).y_registered, case.y_registered) and calls == []
-    assert load_case(files[0], config, cache, pixel_target=False).y_registered is None and calls == []
+    assert np.array_equal(load_case(files[0], config, cache).y_target, case.y_target) and calls == []
+    assert load_case(files[0], config, cache, pixel_target=False).y_target is None and calls == []
     assert len(list(cache.iterdir())) == 2
 
 
@@ -264,7 +264,7 @@ def test_registered_pixel_target_feeds_the_reference_and_compares_with_the_regis
     step = build_phase(phase, model, config, DistributedContext(), torch.Generator().manual_seed(1), torch.Generator().manual_seed(2))
     step.train_mode()
     batch = _batch(loaded, config)
-    x, y, target = batch["x"], batch["y"], batch["y_registered"]
+    x, y, target = batch["x"], batch["y"], batch["y_target"]
     with torch.no_grad():
         y_hat = model.stage1(x, y, generator=torch.Generator().manual_seed(2))
         if phase == "stage2":
@@ -444,3 +444,41 @@ def test_export_records_the_output_stage_and_the_validated_spacings(trained_run,
         from RegisterByGenerationLib.training import export_run
 
         export_run(run, tmp_path / "bad", name="bad", pseudo_ct_output="stage3")
+
+
+def test_aligned_pixel_target_is_the_aligned_ct_on_the_canvas(phantom_data, tmp_path):
+    """``pixel_target = "aligned"`` (supervised phantom training): the target is the
+    case's ct_aligned on the canvas, in the CT normalisation, exactly; validation loads
+    and cases without ct_aligned get none or a one-line error."""
+    config = TrainingConfig.tiny(pixel_target="aligned", stage1_pixel_weight=1.0)
+    _, files = find_cases(phantom_data)
+    case = load_case(files[0], config, tmp_path / "cache")
+    ct_map_inverse = case.to_hu(case.y_target)
+    inside = (case.truth_hu > -1000) & (case.truth_hu < 2900)  # where the window does not clip
+    assert np.abs(ct_map_inverse - case.truth_hu)[inside].max() < 1.5  # HU, the LUT's sampling
+    assert load_case(files[0], config, tmp_path / "cache", pixel_target=False).y_target is None
+    stripped = tmp_path / "noaligned"
+    shutil.copytree(files[0].folder, stripped / files[0].case_id)
+    (stripped / files[0].case_id / "ct_aligned.nii.gz").unlink()
+    _, bare = find_cases(stripped)
+    with pytest.raises(InputError, match="has no ct_aligned.nii.gz, which pixel_target 'aligned' needs"):
+        load_case(bare[0], config)
+
+
+def test_a_stage1_only_run_exports_a_stage1_model(trained_run, tmp_path):
+    """A model whose pseudo-CT is Stage 1's needs Stage 1 trained only: its card lists
+    that phase alone and the weights are Stage 1's best checkpoint."""
+    from RegisterByGenerationLib.training import export_run
+
+    run, _, _ = trained_run
+    stage1_run = tmp_path / "run"
+    shutil.copytree(run, stage1_run, ignore=shutil.ignore_patterns("cache", "registration", "stage2"))
+    info = export_run(stage1_run, tmp_path / "model", name="s1", pseudo_ct_output="stage1")
+    card = json.loads((tmp_path / "model" / "model.json").read_text())["training"]
+    assert list(card["epochs"]) == ["stage1"] and info.pseudo_ct_output == "stage1"
+    model = load_model(info)
+    expected = load_checkpoint(stage1_run / "stage1" / "best.pt")["model"]
+    for key, value in model.stage1.state_dict().items():
+        assert torch.equal(value, expected[f"stage1.{key}"])
+    with pytest.raises(InputError):
+        export_run(stage1_run, tmp_path / "model2", name="s2")  # Stage 2 was never trained

@@ -86,6 +86,9 @@ class Stage1Config:
             before it modulates the features (paper 32, published code 16).
         noise: PAdaIN only: learned-scale noise injection in every style block
             (drawn in training mode only).
+        residual: fusion only: ``ŷ = y + Δ(x, y)`` instead of ``tanh(U-Net(x, y))``: the
+            network starts as the pre-aligned reference and learns only the correction,
+            so the reference's HU and texture pass through exactly where it is aligned.
     """
 
     kind: str = "padain"
@@ -94,6 +97,7 @@ class Stage1Config:
     style_hidden: int = 512
     style_downsample: int = 16
     noise: bool = True
+    residual: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in STAGE1_KINDS:
@@ -102,14 +106,21 @@ class Stage1Config:
             _positive_int("Stage1Config", name, getattr(self, name))
         if self.kind == "padain" and self.blocks < 5:
             raise ValueError(f"Stage1Config.blocks must be at least 5 for kind 'padain', got {self.blocks}")
-        if not isinstance(self.noise, bool):
-            raise ValueError(f"Stage1Config.noise must be true or false, got {self.noise!r}")
+        for name in ("noise", "residual"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"Stage1Config.{name} must be true or false, got {getattr(self, name)!r}")
+        if self.residual and self.kind != "fusion":
+            raise ValueError(f"Stage1Config.residual applies to kind 'fusion' only, got kind {self.kind!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return _to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Stage1Config:
+        """Cards written before ``residual`` existed (version 1.1 and older) lack the key:
+        their networks are not residual."""
+        if isinstance(data, dict) and "residual" not in data:
+            data = {**data, "residual": False}
         return _from_dict(cls, data)
 
 

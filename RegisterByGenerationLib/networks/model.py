@@ -40,7 +40,7 @@ def build_stage1(config: Stage1Config) -> PAdaINGenerator | AdaINGenerator | Fus
     elif config.kind == "adain":
         return AdaINGenerator(channels=config.channels, blocks=config.blocks, style_hidden=config.style_hidden)
     elif config.kind == "fusion":
-        return FusionUNet(channels=config.channels)
+        return FusionUNet(channels=config.channels, residual=config.residual)
     else:
         raise ValueError(f"unknown Stage 1 kind {config.kind!r}; expected 'padain', 'adain' or 'fusion'")
 

@@ -31,7 +31,7 @@ __all__ = ["PHASES", "PRESETS", "PIXEL_TARGETS", "TARGET_REGISTRATIONS", "PhaseS
 PHASES = ("stage1", "registration", "stage2")
 PRESETS = ("tiny", "lite", "full")
 #: What the optional pixel terms compare with (see :class:`TrainingConfig`).
-PIXEL_TARGETS = ("reference", "registered")
+PIXEL_TARGETS = ("reference", "registered", "aligned")
 #: Classical registrations that can make the ``registered`` target (``rbg benchmark``'s baselines).
 TARGET_REGISTRATIONS = ("syn", "elastix")
 
@@ -142,6 +142,9 @@ class TrainingConfig:
     computed by the training pipeline itself, once per case, and cached): what a user
     without aligned data can compute too, and a far better target than the rigidly
     aligned reference. Stage 2 is then fed the reference in place.
+    ``pixel_target = "aligned"`` compares them with the case's aligned CT
+    (``ct_aligned.nii.gz``, which phantom sets have): supervised training on synthetic
+    pairs, no longer self-supervised; the model card says so.
     """
 
     preset: str = "lite"

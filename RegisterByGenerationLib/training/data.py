@@ -14,8 +14,9 @@ sets use it too)::
 :func:`RegisterByGenerationLib.preprocess.prepare_case`, the code inference runs, and
 cached as ``.npz`` keyed by the files and the preprocessing settings.
 
-``ct_aligned`` is only ever used to score validation slices: :class:`SliceCropDataset`
-does not read it, so no training loss can see it.
+``ct_aligned`` scores validation slices; a training loss sees it only when the config asks
+for it (``pixel_target = "aligned"``: supervised training on phantoms, a departure the
+model card states).
 """
 
 from __future__ import annotations
@@ -156,9 +157,9 @@ class CachedCase:
         mask: body mask ``[Z, H, W]`` bool.
         truth_hu: aligned CT ``[Z, H, W]`` float32 HU, or None (validation only).
         lut: ``[2, K]``: normalised values and their HU (the CT map's inverse, sampled).
-        y_registered: the reference registered onto the input by a classical method
-            (``[Z, H, W]`` in [-1, 1]), the pixel target when ``pixel_target`` is
-            ``registered``; else None.
+        y_target: the pixel target when ``pixel_target`` is not ``reference``
+            (``[Z, H, W]`` in [-1, 1]): the reference registered onto the input by a
+            classical method (``registered``) or the aligned CT (``aligned``); else None.
     """
 
     case_id: str
@@ -167,7 +168,7 @@ class CachedCase:
     mask: np.ndarray
     truth_hu: np.ndarray | None
     lut: np.ndarray
-    y_registered: np.ndarray | None = None
+    y_target: np.ndarray | None = None
 
     def to_hu(self, values: np.ndarray) -> np.ndarray:
         """Normalised CT values → HU (the inverse of the case's CT normalisation)."""
@@ -179,7 +180,7 @@ class CachedCase:
         return np.flatnonzero((fraction >= min_fraction) & (fraction > 0))
 
 
-def _cache_key(files: CaseFiles, config: TrainingConfig, registered: bool) -> str:
+def _cache_key(files: CaseFiles, config: TrainingConfig, target: str | None) -> str:
     stats = []
     for path in (files.input, files.reference, files.mask, files.truth):
         if path is not None:
@@ -193,7 +194,7 @@ def _cache_key(files: CaseFiles, config: TrainingConfig, registered: bool) -> st
         "prealign": config.prealign,
         "seed": config.seed,
         "multiple": config.model.size_multiple,
-        "registered": config.target_registration if registered else None,
+        "target": target,
         "version": __version__,
     }
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
@@ -209,22 +210,26 @@ def _read_on_input_grid(path: Path, input_image: sitk.Image, case_id: str, what:
 def load_case(files: CaseFiles, config: TrainingConfig, cache_dir: str | os.PathLike | None = None, *, pixel_target: bool = True) -> CachedCase:
     """Preprocess one case as inference does, or read it from ``cache_dir``.
 
-    ``pixel_target=False`` skips the registered pixel target (validation cases need none,
-    and a classical registration takes a minute per case).
+    ``pixel_target=False`` skips the pixel target (validation cases need none, and a
+    classical registration takes a minute per case).
 
     Raises:
-        InputError: an unreadable file, a mask or ``ct_aligned`` off the input's grid, or
-            images that do not overlap (messages name the file and the case).
+        InputError: an unreadable file, a mask or ``ct_aligned`` off the input's grid,
+            images that do not overlap, or no ``ct_aligned`` for the ``aligned`` pixel
+            target (messages name the file and the case).
     """
-    registered = pixel_target and config.pixel_target == "registered"
+    target_kind = {"reference": None, "registered": config.target_registration, "aligned": "aligned"}[config.pixel_target]
+    target_kind = target_kind if pixel_target else None
+    if target_kind == "aligned" and files.truth is None:
+        raise InputError(f"{files.folder}: case {files.case_id} has no ct_aligned.nii.gz, which pixel_target 'aligned' needs")
     cache = None
     if cache_dir is not None:
-        cache = Path(cache_dir) / f"{files.case_id}-{_cache_key(files, config, registered)}.npz"
+        cache = Path(cache_dir) / f"{files.case_id}-{_cache_key(files, config, target_kind)}.npz"
         if cache.is_file():
             with np.load(cache) as stored:
                 truth = stored["truth_hu"] if stored["has_truth"] else None
-                registered = stored["y_registered"] if stored["y_registered"].size else None
-                return CachedCase(files.case_id, stored["x"], stored["y"], stored["mask"], truth, stored["lut"], registered)
+                target = stored["y_target"] if stored["y_target"].size else None
+                return CachedCase(files.case_id, stored["x"], stored["y"], stored["mask"], truth, stored["lut"], target)
     input_image = read_image(files.input)
     reference = read_image(files.reference)
     mask = _read_on_input_grid(files.mask, input_image, files.case_id, "mask")
@@ -242,7 +247,9 @@ def load_case(files: CaseFiles, config: TrainingConfig, cache_dir: str | os.Path
     levels = np.linspace(-1.0, 1.0, _LUT_SIZE, dtype=np.float32)
     lut = np.stack([levels, np.asarray(prepared.ct_map.inverse(levels), dtype=np.float32)])
     target = None
-    if registered:
+    if target_kind == "aligned":
+        target = prepared.ct_map.forward(truth_hu)
+    elif target_kind is not None:
         target = prepared.ct_map.forward(grid.to_canvas(_registered_reference(files, input_image, reference, config), default_value=AIR_HU))
     case = CachedCase(files.case_id, prepared.x, prepared.y, mask_canvas, truth_hu, lut, target)
     if cache is not None:
@@ -250,7 +257,7 @@ def load_case(files: CaseFiles, config: TrainingConfig, cache_dir: str | os.Path
         with atomic_path(cache) as tmp, open(tmp, "wb") as stream:
             np.savez(stream, x=case.x, y=case.y, mask=case.mask, lut=lut, has_truth=truth_hu is not None,
                      truth_hu=truth_hu if truth_hu is not None else np.zeros(0, np.float32),
-                     y_registered=target if target is not None else np.zeros(0, np.float32))  # fmt: skip
+                     y_target=target if target is not None else np.zeros(0, np.float32))  # fmt: skip
     return case
 
 
@@ -286,7 +293,7 @@ class SliceCropDataset(torch.utils.data.Dataset):
     Each item is a dict of ``[1, crop, crop]`` float32 tensors: ``x`` (input), ``y``
     (reference at the same place) and ``y_shifted`` (the reference cropped up to
     ``reference_shift`` pixels away, for Stage 2's contextual loss, RbG §IV-B-3), and,
-    when the cases have it, ``y_registered`` (the registered reference at the same
+    when the cases have it, ``y_target`` (the pixel target at the same
     place; flipped with the others but never moved by the reference augmentation).
 
     Args:
@@ -343,8 +350,8 @@ class SliceCropDataset(torch.utils.data.Dataset):
         y = _crop(case.y[z], top, left, self.crop, pad=-1.0)
         y_shifted = _crop(case.y[z], top + int(shift[0]), left + int(shift[1]), self.crop, pad=-1.0)
         sample = {"x": x, "y": y, "y_shifted": y_shifted}
-        if case.y_registered is not None:
-            sample["y_registered"] = _crop(case.y_registered[z], top, left, self.crop, pad=-1.0)
+        if case.y_target is not None:
+            sample["y_target"] = _crop(case.y_target[z], top, left, self.crop, pad=-1.0)
         if self.augmentation is not None:
             sample = self.augmentation(sample, int(rng.integers(2**62)))
         return {key: torch.from_numpy(np.ascontiguousarray(value[None], dtype=np.float32)) for key, value in sample.items()}

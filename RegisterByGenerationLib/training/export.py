@@ -1,7 +1,8 @@
 """Export a trained run as a model directory (``model.json`` + ``weights.safetensors``).
 
 The Stage 2 checkpoint holds the whole model (Stage 1 and the registration network
-were frozen inside it), so it is what is exported. ``model.json`` carries what inference
+were frozen inside it), so it is what is exported; a model whose pseudo-CT is Stage 1's
+is exported from Stage 1's checkpoint. ``model.json`` carries what inference
 needs (architecture, pixel spacing, normalisation) and the model card under
 ``"training"``: data and split, seeds, configuration, epochs, wall time, hardware, the
 feature networks of the losses, and the validation metrics of every phase.
@@ -102,8 +103,9 @@ def _input_header(case_dir: Path, modality: str) -> sitk.Image | None:
     return placeholder
 
 
-def model_card(run_dir: str | os.PathLike, checkpoint: str = "best") -> dict[str, Any]:
-    """The ``"training"`` section of ``model.json`` for a run.
+def model_card(run_dir: str | os.PathLike, checkpoint: str = "best", trained: tuple[str, ...] = PHASES) -> dict[str, Any]:
+    """The ``"training"`` section of ``model.json`` for a run whose phases ``trained``
+    ran (all three, or ``("stage1",)`` for a model whose pseudo-CT is Stage 1's).
 
     Raises:
         InputError: not a run, or a phase has no checkpoint.
@@ -112,7 +114,7 @@ def model_card(run_dir: str | os.PathLike, checkpoint: str = "best") -> dict[str
     run = read_run(run_dir)
     phases: dict[str, Any] = {}
     last_checkpoint: dict[str, Any] = {}
-    for phase in PHASES:
+    for phase in trained:
         state = load_checkpoint(run_dir / phase / "last.pt")
         best_row = next((row for row in state["history"] if row["epoch"] == state["best_epoch"]), {})
         phases[phase] = {
@@ -130,9 +132,9 @@ def model_card(run_dir: str | os.PathLike, checkpoint: str = "best") -> dict[str
         "data": data,
         "seeds": {"training": config["seed"], "validation_split": config["seed"], "prealignment": config["seed"]},
         "config": config,
-        "epochs": {phase: phases[phase]["epochs"] for phase in PHASES},
-        "wall_time_s": {**{phase: phases[phase]["wall_time_s"] for phase in PHASES},
-                        "total": round(sum(phases[p]["wall_time_s"] for p in PHASES), 1)},  # fmt: skip
+        "epochs": {phase: phases[phase]["epochs"] for phase in trained},
+        "wall_time_s": {**{phase: phases[phase]["wall_time_s"] for phase in trained},
+                        "total": round(sum(phases[p]["wall_time_s"] for p in trained), 1)},  # fmt: skip
         "hardware": last_checkpoint["hardware"],
         "processes": last_checkpoint["world_size"],
         "feature_networks": last_checkpoint["feature_networks"],
@@ -141,11 +143,7 @@ def model_card(run_dir: str | os.PathLike, checkpoint: str = "best") -> dict[str
         "library_version": __version__,
         "note": (
             ("Trained on synthetic phantoms only. " if synthetic else "")
-            + "Self-supervised: the losses use the input and the misaligned reference CT only"
-            + (f" (the pixel terms compare with that reference registered onto the input by {config['target_registration']}, "
-               "computed by the training pipeline, as a user without aligned data can)" if config.get("pixel_target") == "registered" else "")
-            + "; aligned CTs, where present, only scored validation slices (and picked each phase's best epoch). "
-            + INTENDED_USE + " " + REAL_DATA_NOTE
+            + _supervision_note(config) + INTENDED_USE + " " + REAL_DATA_NOTE
         ),
     }
 
@@ -162,10 +160,13 @@ def export_run(
     pseudo_ct_output: str = "stage2",
     valid_input_spacing_mm: dict[str, list[float]] | None = None,
 ) -> ModelInfo:
-    """Write the run's Stage 2 checkpoint as a model directory.
+    """Write the run's Stage 2 checkpoint (Stage 1's for ``pseudo_ct_output="stage1"``)
+    as a model directory.
 
     Args:
-        run_dir: the training run (all three phases trained).
+        run_dir: the training run (all three phases trained, or Stage 1 alone for
+            ``pseudo_ct_output="stage1"``: the registration and Stage 2 networks are then
+            stored untrained and never run).
         model_dir: the model directory to write (replaced if it exists).
         name: the model's name (``rbg run --model NAME`` once installed).
         checkpoint: ``"best"`` or ``"last"`` Stage 2 checkpoint.
@@ -193,13 +194,15 @@ def export_run(
     run_dir = Path(run_dir)
     run = read_run(run_dir)
     config = TrainingConfig.from_dict(run["config"])
-    state = load_checkpoint(run_dir / "stage2" / f"{checkpoint}.pt")
+    trained = PHASES if pseudo_ct_output == "stage2" else ("stage1",)
+    path = run_dir / trained[-1] / f"{checkpoint}.pt"
+    state = load_checkpoint(path)
     model = build_model(config.model)
     try:
         model.load_state_dict(state["model"], strict=True)
     except RuntimeError as error:
-        raise InputError(f"{run_dir / 'stage2' / f'{checkpoint}.pt'}: does not match the run's architecture ({str(error).splitlines()[0]})") from error
-    card = model_card(run_dir, checkpoint)
+        raise InputError(f"{path}: does not match the run's architecture ({str(error).splitlines()[0]})") from error
+    card = model_card(run_dir, checkpoint, trained)
     metadata: dict[str, Any] = {
         "name": name,
         "modality": config.modality,
@@ -223,3 +226,14 @@ def export_run(
     if evaluation is not None:
         metadata["evaluation"] = evaluation
     return save_model(model, model_dir, metadata)
+
+
+def _supervision_note(config: dict) -> str:
+    """What the losses saw, in the card's words (``pixel_target``)."""
+    if config.get("pixel_target") == "aligned":
+        return ("Supervised: the pixel terms compare with each training case's aligned CT (ct_aligned, known for "
+                "synthetic phantoms only); aligned CTs also scored validation slices (and picked each phase's best epoch). ")
+    registered = (f" (the pixel terms compare with that reference registered onto the input by {config['target_registration']}, "
+                  "computed by the training pipeline, as a user without aligned data can)") if config.get("pixel_target") == "registered" else ""
+    return ("Self-supervised: the losses use the input and the misaligned reference CT only" + registered
+            + "; aligned CTs, where present, only scored validation slices (and picked each phase's best epoch). ")

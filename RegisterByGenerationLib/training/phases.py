@@ -197,10 +197,10 @@ class Phase:
         return loss_d, self.gan.generator_loss(unwrap(self.discriminator)(fake))
 
     def _pixel_target(self, batch: dict[str, torch.Tensor], reference: torch.Tensor) -> torch.Tensor:
-        """What the pixel term compares with: ``reference``, or the registered reference
-        when ``pixel_target`` is ``registered``."""
-        if self.config.pixel_target == "registered":
-            return batch["y_registered"].to(self.device, non_blocking=True)
+        """What the pixel term compares with: ``reference``, or the case's pixel target
+        (the registered reference or the aligned CT, see ``pixel_target``)."""
+        if self.config.pixel_target != "reference":
+            return batch["y_target"].to(self.device, non_blocking=True)
         return reference
 
     def _generator_step(self, discriminator: torch.Tensor, **terms: torch.Tensor) -> dict[str, float]:
