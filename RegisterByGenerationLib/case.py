@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import Cancelled
-from .io import check_writable_dir, read_image, write_image
+from .io import check_writable_dir, missing_folders, read_image, remove_empty_folders, write_image
 from .pipeline import OUTPUT_FILES, Pipeline, PipelineResult
 from .progress import ProgressCallback, SubProgress
 
@@ -84,7 +84,7 @@ def process_case(
     reference_ct = read_image(reference_path)
     if bones == "totalsegmentator":
         check_totalsegmentator()  # fail before minutes of work, not after
-    out_dir = check_writable_dir(out_dir)
+    out_dir = check_writable_dir(out_dir, create=False)  # created only once there is something to write
     report = progress or (lambda fraction, stage, message="": None)
 
     result = pipeline.run(input_image, reference_ct, progress=SubProgress(report, 0.0, 0.85), cancel=cancel, keep_intermediate=save_intermediate)
@@ -98,7 +98,8 @@ def process_case(
         bone_seconds = time.perf_counter() - start
 
     report(0.93, "report", "writing outputs, overview and report")
-    staging = Path(tempfile.mkdtemp(prefix=".rbg-staging-", dir=out_dir))
+    created = missing_folders(out_dir)
+    staging = Path(tempfile.mkdtemp(prefix=".rbg-staging-", dir=check_writable_dir(out_dir)))
     try:
         staged = _write_images(result, staging, save_intermediate)
         if bone_result is not None:
@@ -125,6 +126,10 @@ def process_case(
             raise Cancelled("stopped before the outputs were moved into place")
         for name in sorted(staged, key=lambda n: n == "pseudo_ct"):  # pseudo_ct last: it marks completion
             os.replace(staged[name], final[name])
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        remove_empty_folders(created)
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     report(1.0, "written", f"outputs written to {out_dir}")

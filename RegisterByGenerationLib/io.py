@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .atomic import atomic_path, current_umask  # re-exported: io is where callers look for file writing
+from .atomic import atomic_path  # re-exported: io is where callers look for file writing
 from .errors import InputError, OutputError
 
 __all__ = [
@@ -28,8 +28,9 @@ __all__ = [
     "write_image",
     "atomic_path",
     "check_writable_dir",
+    "missing_folders",
+    "remove_empty_folders",
     "same_geometry",
-    "current_umask",
 ]
 
 logger = logging.getLogger(__name__)
@@ -110,20 +111,46 @@ def validate_image(image: sitk.Image, path: str | os.PathLike = "<image>") -> No
         raise InputError(f"{path}: image is empty (every voxel equals {array.flat[0]})")
 
 
-def check_writable_dir(folder: str | os.PathLike) -> Path:
+def check_writable_dir(folder: str | os.PathLike, *, create: bool = True) -> Path:
     """Create ``folder`` if needed and check that files can be created in it.
+
+    ``create=False`` creates nothing: it checks the folder, or where it does not exist
+    yet its nearest existing parent, so a command can refuse an unwritable output before
+    its work and still leave no empty folder behind when its inputs fail later.
 
     Raises:
         OutputError: the folder cannot be created or written.
     """
     folder = Path(folder)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder
+        else:
+            probe = next(p for p in (folder, *folder.absolute().parents) if p.exists())
+            if not probe.is_dir():
+                raise NotADirectoryError(20, "Not a directory", str(probe))
+        with tempfile.TemporaryFile(dir=probe):
             pass
     except OSError as error:
         raise OutputError(f"{folder}: output folder is not writable ({error.strerror or error})") from error
     return folder
+
+
+def missing_folders(folder: str | os.PathLike) -> list[Path]:
+    """``folder`` and those of its parents that do not exist, deepest first: what
+    ``check_writable_dir`` would create, and what a failed command removes again."""
+    folder = Path(folder).absolute()
+    return [p for p in (folder, *folder.parents) if not p.exists()]
+
+
+def remove_empty_folders(folders: list[Path]) -> None:
+    """Remove each of ``folders`` (deepest first) that is still empty."""
+    for path in folders:
+        try:
+            path.rmdir()
+        except OSError:
+            return  # not empty (or gone): its parents are not empty either
 
 
 def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = True) -> Path:

@@ -17,13 +17,12 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ModelError
-from .atomic import current_umask
+from .atomic import fsync_file, new_sibling_dir
 
 __all__ = [
     "FORMAT_VERSION",
@@ -243,14 +242,15 @@ def save_model(model, directory: str | os.PathLike, metadata: dict[str, Any]) ->
     Returns:
         The :class:`ModelInfo` of the written directory.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    staging = new_sibling_dir(directory)
     try:
         state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
-        save_file(state, str(staging / WEIGHTS_FILE))
+        # save_file creates the file owner-only; written by Python it gets the plain permissions.
+        (staging / WEIGHTS_FILE).write_bytes(save(state))
         card = {
             "format_version": FORMAT_VERSION,
             "canvas": None,
@@ -260,11 +260,8 @@ def save_model(model, directory: str | os.PathLike, metadata: dict[str, Any]) ->
         }
         (staging / MODEL_FILE).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
         ModelInfo.from_directory(staging)  # refuse to install a card we could not read back
-        # mkdtemp makes the folder owner-only; an installed model must be readable like any file.
-        umask = current_umask()
-        os.chmod(staging, 0o777 & ~umask)
         for item in staging.iterdir():
-            os.chmod(item, 0o666 & ~umask)
+            fsync_file(item)
         if directory.exists():
             shutil.rmtree(directory)
         os.replace(staging, directory)

@@ -80,8 +80,12 @@ def test_failure_while_writing_leaves_nothing(pipeline, case_dir, tmp_path, monk
     monkeypatch.setattr(overview, "render_overview", broken)
     out = tmp_path / "out"
     with pytest.raises(OSError, match="disk full"):
+        process_case(pipeline, case_dir / "mr.nii.gz", case_dir / "ct.nii.gz", out / "a" / "b", bones="none")
+    assert not out.exists()  # the folders it created are removed again
+    out.mkdir()
+    with pytest.raises(OSError, match="disk full"):
         process_case(pipeline, case_dir / "mr.nii.gz", case_dir / "ct.nii.gz", out, bones="none")
-    assert list(out.iterdir()) == []
+    assert out.is_dir() and list(out.iterdir()) == []  # a folder that was there stays
 
 
 @pytest.mark.parametrize(
@@ -92,6 +96,8 @@ def test_failure_while_writing_leaves_nothing(pipeline, case_dir, tmp_path, monk
         (["{mr}", "{ct}", "--device", "tpu"], "device must be"),
         (["{mr}", "{ct}", "--batch-size", "0"], "batch_size must be >= 1"),
         (["{mr}", "{ct}", "--modality", "cbct"], "is for MR input, not CBCT"),
+        (["{ct}", "{mr}"], "does not look like a CT in Hounsfield units"),  # swapped: caught inside the pipeline
+        (["{ct}", "{ct}"], "declared MR but looks like a CT"),
     ],
 )
 def test_cli_run_errors_are_one_line_and_write_nothing(tiny_mr_model, case_dir, tmp_path, capsys, args, message):

@@ -268,3 +268,21 @@ def test_atomic_writes_get_plain_file_permissions(tmp_path):
     finally:
         os.umask(previous)
     assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
+
+
+def test_atomic_writes_flush_before_the_rename_and_never_touch_the_umask(tmp_path, monkeypatch):
+    """Setting the umask to read it races with other threads (Slicer's); a rename before
+    the data is on disk can leave an empty file after a crash."""
+    import os
+
+    from RegisterByGenerationLib.io import atomic_path
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "umask", lambda *args: pytest.fail("the process umask was changed"))
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append("replace"), real_replace(a, b))[1])
+    with atomic_path(tmp_path / "a.json") as tmp:
+        tmp.write_text("{}")
+    assert events[:2] == ["fsync", "replace"] and (tmp_path / "a.json").read_text() == "{}"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
