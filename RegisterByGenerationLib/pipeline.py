@@ -208,7 +208,7 @@ class Pipeline:
             if cancel is not None and cancel.is_set():
                 raise Cancelled(f"stopped before {stage}")
 
-        grid = CanvasGrid.for_image(input_image, self.info.pixel_spacing, self.info.canvas)
+        grid = CanvasGrid.for_image(input_image, self.info.pixel_spacing, self.info.canvas, multiple=self.model.size_multiple)
         warnings = conditions_warnings(input_image, grid.pixel_spacing, self.info)
         for warning in warnings:
             logger.warning(warning)

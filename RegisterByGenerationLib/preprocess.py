@@ -108,6 +108,7 @@ def prepare_case(
     normalization: dict[str, dict[str, Any]],
     prealign: bool = True,
     seed: int = 0,
+    multiple: int = 16,
 ) -> PreparedCase:
     """DESIGN §3 steps 2-6 for one (input, reference CT) pair.
 
@@ -120,6 +121,8 @@ def prepare_case(
         normalization: ``{"input": config, "reference": config}`` as in ``model.json``.
         prealign: rigidly pre-align the reference to the input.
         seed: seed of the pre-alignment's metric sampling.
+        multiple: the canvas's H and W are multiples of this, the model's size divisor
+            (``ModelConfig.size_multiple``).
 
     Returns:
         The :class:`PreparedCase`.
@@ -130,7 +133,7 @@ def prepare_case(
     if modality not in ("mr", "cbct"):
         raise ValueError(f"modality must be 'mr' or 'cbct', got {modality!r}")
     transform, reference_on_input = prealign_reference(input_image, reference_ct, modality=modality, prealign=prealign, seed=seed)
-    grid = CanvasGrid.for_image(input_image, pixel_spacing, canvas)
+    grid = CanvasGrid.for_image(input_image, pixel_spacing, canvas, multiple=multiple)
     x, mask = normalise_input(input_image, grid, modality=modality, config=normalization["input"])
     ct_map = normalization_from_config(normalization["reference"]).fit(reference_on_input)
     y = ct_map.forward(grid.to_canvas(reference_on_input, default_value=AIR_HU))

@@ -51,15 +51,17 @@ TEST_NORMALIZATION = {
 }
 
 
-def make_tiny_model(directory: Path, modality: str = "mr", *, name: str | None = None, seed: int = 0, pixel_spacing=(2.0, 2.0), native_range=None, **card):
-    """A random-weight model directory with the ``tiny`` config (fast; output is meaningless)."""
+def make_tiny_model(directory: Path, modality: str = "mr", *, name: str | None = None, seed: int = 0, pixel_spacing=(2.0, 2.0), native_range=None,
+                    config=None, **card):  # fmt: skip
+    """A random-weight model directory with the ``tiny`` config, or ``config`` (fast;
+    output is meaningless)."""
     import torch
 
     from RegisterByGenerationLib.modelstore import save_model
     from RegisterByGenerationLib.networks import ModelConfig, build_model
 
     torch.manual_seed(seed)
-    model = build_model(ModelConfig.tiny())
+    model = build_model(config or ModelConfig.tiny())
     metadata = {
         "name": name or f"tiny-{modality}",
         "modality": modality,

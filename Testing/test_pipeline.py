@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import make_tiny_model
+from conftest import TEST_NORMALIZATION, make_tiny_model
 
 from RegisterByGenerationLib.errors import Cancelled, InputError, ModelError
 from RegisterByGenerationLib.io import same_geometry
@@ -178,3 +178,23 @@ def test_auto_device_never_picks_mps(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
     assert select_device("auto").type == "cpu"
+
+
+def test_the_canvas_is_a_multiple_of_the_models_own_size_divisor(tmp_path):
+    """A registration net with five levels needs H, W multiples of 32, not the default 16:
+    a 48-pixel-wide input must get a 64-wide canvas, at inference and in training."""
+    import dataclasses
+
+    from RegisterByGenerationLib.networks import ModelConfig
+    from RegisterByGenerationLib.preprocess import prepare_case
+
+    tiny = ModelConfig.tiny()
+    config = dataclasses.replace(tiny, registration=dataclasses.replace(tiny.registration, encoder=(4, 4, 4, 4, 4), decoder=(4, 4, 4, 4, 4, 4)))
+    assert config.size_multiple == 32
+    info = make_tiny_model(tmp_path / "m32", config=config, pixel_spacing=None)
+    case = generate_case(seed=3, modality="mr", size=(48, 40, 16))
+    result = Pipeline(info.path, modality="mr", device="cpu", prealign=False).run(case.input, case.reference_ct)
+    assert same_geometry(result.pseudo_ct, case.input)
+    prepared = prepare_case(case.input, case.reference_ct, modality="mr", pixel_spacing=None, canvas=None,
+                            normalization={"input": TEST_NORMALIZATION["mr"], "reference": TEST_NORMALIZATION["cbct"]}, prealign=False, multiple=32)  # fmt: skip
+    assert prepared.x.shape[1:] == (64, 64)

@@ -237,7 +237,7 @@ def load_case(files: CaseFiles, config: TrainingConfig, cache_dir: str | os.Path
     try:
         prepared = prepare_case(
             input_image, reference, modality=config.modality, pixel_spacing=config.pixel_spacing_mm, canvas=None,
-            normalization=config.normalization, prealign=config.prealign, seed=config.seed,
+            normalization=config.normalization, prealign=config.prealign, seed=config.seed, multiple=config.model.size_multiple,
         )  # fmt: skip
     except InputError as error:
         raise InputError(f"{files.folder}: case {files.case_id}: {error}") from error
