@@ -40,7 +40,9 @@ logger = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.csv"
 #: Fixed leading columns of the summary; metric columns follow in :data:`_METRIC_ORDER`.
-SUMMARY_COLUMNS = ("case", "status", "seconds", "error")
+SUMMARY_COLUMNS = ("case", "status", "seconds", "error", "metrics_mask")
+#: ``metrics_mask`` of a case without ``mask.nii.gz``: the metrics are inside this mask instead.
+AUTOMATIC_MASK = "automatic: body mask of the pseudo-CT"
 _METRIC_ORDER = ("mae", "psnr", "ssim", "bone_dice", "bone_hd95", "gradient_correlation", "nmi", "sharpness", "tv_z")
 _INPUT_FILES = {"mr": "mr.nii.gz", "cbct": "cbct.nii.gz"}
 REFERENCE_FILE = "ct.nii.gz"
@@ -64,16 +66,18 @@ class Case:
 
 @dataclass
 class CaseResult:
-    """One row of the summary. ``status`` is ``done``, ``skipped`` or ``failed``."""
+    """One row of the summary. ``status`` is ``done``, ``skipped`` or ``failed``;
+    ``metrics_mask`` says inside which mask the metrics were computed (empty: none)."""
 
     case_id: str
     status: str
     seconds: float = 0.0
     error: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
+    metrics_mask: str = ""
 
     def row(self) -> dict[str, str]:
-        values = {"case": self.case_id, "status": self.status, "seconds": f"{self.seconds:.2f}", "error": self.error}
+        values = {"case": self.case_id, "status": self.status, "seconds": f"{self.seconds:.2f}", "error": self.error, "metrics_mask": self.metrics_mask}
         values.update({name: _format_number(value) for name, value in self.metrics.items()})
         return values
 
@@ -206,6 +210,7 @@ def _skipped(case_id: str, earlier_row: dict[str, str] | None) -> CaseResult:
     """A case done in an earlier run keeps that run's seconds and metrics."""
     result = CaseResult(case_id, "skipped")
     if earlier_row:
+        result.metrics_mask = earlier_row.get("metrics_mask") or ""
         try:
             result.seconds = float(earlier_row.get("seconds") or 0.0)
         except ValueError:
@@ -231,7 +236,7 @@ def _run_case(pipeline, case: Case, case_dir: Path, bones: str, progress: SubPro
     try:
         outputs = process_case(pipeline, case.input_path, case.reference_path, case_dir, bones=bones, progress=_prefixed(progress, case.case_id), cancel=cancel)
         bone_labels = outputs.bones.labels if outputs.bones is not None else None
-        metrics = _metrics(outputs.result.pseudo_ct, read_image(case.input_path), case, bone_labels)
+        metrics, mask = _metrics(outputs.result.pseudo_ct, read_image(case.input_path), case, bone_labels)
     except Cancelled:
         raise
     except RbgError as error:
@@ -240,7 +245,7 @@ def _run_case(pipeline, case: Case, case_dir: Path, bones: str, progress: SubPro
         logger.exception("case %s failed unexpectedly", case.case_id)
         message = str(error).strip().splitlines()[0] if str(error).strip() else ""
         return CaseResult(case.case_id, "failed", time.perf_counter() - start, error=f"{type(error).__name__}: {message}")
-    return CaseResult(case.case_id, "done", time.perf_counter() - start, metrics=metrics)
+    return CaseResult(case.case_id, "done", time.perf_counter() - start, metrics=metrics, metrics_mask=mask)
 
 
 def _prefixed(progress: SubProgress, case_id: str) -> ProgressCallback:
@@ -250,9 +255,10 @@ def _prefixed(progress: SubProgress, case_id: str) -> ProgressCallback:
     return report
 
 
-def _metrics(pseudo_ct, input_image, case: Case, bone_labels=None) -> dict[str, float]:
+def _metrics(pseudo_ct, input_image, case: Case, bone_labels=None) -> tuple[dict[str, float], str]:
     """Metrics without truth, plus truth metrics when the case has ``ct_aligned.nii.gz``
-    (and per-bone Dice when it has ``bones.nii.gz`` and bones were segmented).
+    (and per-bone Dice when it has ``bones.nii.gz`` and bones were segmented), and the
+    mask they were computed in (the case's ``mask.nii.gz`` or :data:`AUTOMATIC_MASK`).
 
     A truth or mask that is not on the input's grid is left out with a warning; the case
     itself succeeded.
@@ -261,7 +267,7 @@ def _metrics(pseudo_ct, input_image, case: Case, bone_labels=None) -> dict[str, 
         from .metrics import evaluate_images
     except ImportError:  # the metrics need scikit-image; the pseudo-CT is still valid
         logger.warning("metrics unavailable (cannot import RegisterByGenerationLib.metrics)")
-        return {}
+        return {}, ""
     from .io import read_image, same_geometry
 
     extra = {}
@@ -283,10 +289,11 @@ def _metrics(pseudo_ct, input_image, case: Case, bone_labels=None) -> dict[str, 
     if "truth_bones" in extra:
         extra["pred_bones"] = bone_labels
     try:
-        return evaluate_images(pseudo_ct, input_image=input_image, **extra)
+        metrics = evaluate_images(pseudo_ct, input_image=input_image, **extra)
     except InputError as error:
         logger.warning("%s: metrics skipped (%s)", case.case_id, error)
-        return {}
+        return {}, ""
+    return metrics, str(case.mask_path) if "mask" in extra else AUTOMATIC_MASK
 
 
 def write_summary(results: list[CaseResult], path: str | os.PathLike) -> Path:

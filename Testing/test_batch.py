@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from RegisterByGenerationLib.batch import SUMMARY_COLUMNS, CaseResult, find_cases, read_summary, run_batch, write_summary
+from RegisterByGenerationLib.batch import AUTOMATIC_MASK, SUMMARY_COLUMNS, CaseResult, find_cases, read_summary, run_batch, write_summary
 from RegisterByGenerationLib.cli import main
 from RegisterByGenerationLib.errors import InputError, ModelError
 
@@ -73,6 +73,7 @@ def test_batch_isolates_failures_and_resumes(data_dir, tiny_mr_model, tmp_path):
     for case in good:
         row = rows[case]
         assert row["status"] == "done" and float(row["seconds"]) > 0 and row["error"] == ""
+        assert row["metrics_mask"] == str(data_dir / case / "mask.nii.gz")  # the case's own mask, said so
         for metric in ("mae", "psnr", "gradient_correlation", "nmi", "sharpness", "tv_z", "bone_dice", "bone_dice_label_1"):
             assert row[metric] != "", f"{case}: {metric} missing"
         assert float(row["mae"]) >= 0  # vs ct_aligned.nii.gz, the phantom's truth
@@ -86,6 +87,16 @@ def test_batch_isolates_failures_and_resumes(data_dir, tiny_mr_model, tmp_path):
     rows_again = _rows(out / "summary.csv")
     for case in good:  # a skipped case keeps the metrics of the run that made it
         assert rows_again[case]["mae"] == rows[case]["mae"] and rows_again[case]["status"] == "skipped"
+        assert rows_again[case]["metrics_mask"] == rows[case]["metrics_mask"]
+
+
+def test_batch_says_when_metrics_use_the_automatic_mask(data_dir, tiny_mr_model, tmp_path):
+    shutil.rmtree(data_dir / "zz-broken")
+    first, second = sorted(p for p in data_dir.iterdir() if (p / "ct_aligned.nii.gz").exists())
+    (first / "mask.nii.gz").unlink()
+    results = run_batch(data_dir, tmp_path / "out", model=tiny_mr_model, device="cpu", prealign=False, bones="none")
+    assert [r.metrics_mask for r in results] == [AUTOMATIC_MASK, str(second / "mask.nii.gz")]
+    assert _rows(tmp_path / "out" / "summary.csv")[first.name]["metrics_mask"] == AUTOMATIC_MASK
 
 
 def test_batch_command(data_dir, tiny_mr_model, tmp_path, capsys):
