@@ -4,6 +4,13 @@ The published models were trained on rigidly registered pairs; real users' refer
 CTs are not aligned with their MR/CBCT. :func:`rigid_prealign` fixes the gross rigid
 misalignment (rotation, translation) so the networks only see residual deformation.
 
+Scanners' frames can disagree by a half turn (a patient position declared feet-first
+but scanned head-first, prone against supine): mutual information started from the
+identity then lands in a wrong optimum. The registration is therefore started from
+the identity and from a half turn about each patient axis, each refined briefly on a
+~4 mm copy, and the best is kept; the identity wins unless another start is clearly
+better (:data:`START_MARGIN`).
+
 Example:
     >>> transform = rigid_prealign(mr, ct, fixed_modality="mr", seed=0)
     >>> ct_on_mr = resample_onto(ct, mr, transform, default_value=-1024.0)
@@ -22,7 +29,7 @@ import SimpleITK as sitk
 from .errors import InputError
 from .mask import MODALITIES, body_mask
 
-__all__ = ["physical_overlap", "check_overlap", "rigid_prealign"]
+__all__ = ["START_MARGIN", "STARTS", "physical_overlap", "check_overlap", "rigid_prealign", "orientation_change"]
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +38,22 @@ _SHRINK_FACTORS = (4, 2, 1)
 _SMOOTHING_SIGMAS_MM = (2.0, 1.0, 0.0)
 _MASK_SPACING_MM = 5.0
 _MIN_STEP_MM = 0.01
+#: Start rotations (Euler angles about x, y, z in LPS, radians): the identity and a half
+#: turn about the left-right, anterior-posterior and inferior-superior axes.
+STARTS = {
+    "none": (0.0, 0.0, 0.0),
+    "180° about the left-right axis": (np.pi, 0.0, 0.0),
+    "180° about the anterior-posterior axis": (0.0, np.pi, 0.0),
+    "180° about the inferior-superior axis": (0.0, 0.0, np.pi),
+}
+#: Another start replaces the identity only when its coarse metric is lower by this
+#: fraction of the identity's (Mattes MI is negative; symmetric anatomy must not flip).
+START_MARGIN = 0.15
+_COARSE_SPACING_MM = 4.0
+_COARSE_ITERATIONS = 40
+#: Metric samples per level at most: Mattes MI with 50 bins is well estimated from far
+#: fewer, and a fixed fraction of a 512x512x100 volume would cost minutes per level.
+MAX_SAMPLES = 200_000
 
 
 def physical_overlap(fixed: sitk.Image, moving: sitk.Image) -> float:
@@ -78,13 +101,15 @@ def rigid_prealign(
     threads: int | None = None,
     fixed_mask: sitk.Image | None = None,
     progress=None,
+    multistart: bool = True,
 ) -> sitk.Euler3DTransform:
     """Rigidly register ``moving`` (the reference CT) to ``fixed`` (the input).
 
     Mattes mutual information (50 bins) on random samples inside the fixed body mask;
     three levels (shrink 4, 2, 1; smoothing 2, 1, 0 mm); regular step gradient descent
-    with physical-shift scales, started from the better (by the metric) of the identity
-    and a geometry-centred initialisation.
+    with physical-shift scales. ``multistart`` first refines every start of
+    :data:`STARTS` (each with the better of no translation and a geometry-centred one)
+    on ~4 mm copies and keeps the best; without it, only the identity rotation.
 
     Args:
         fixed: the input volume (MR, CBCT or CT).
@@ -102,6 +127,8 @@ def rigid_prealign(
         progress: called as ``progress(fraction, message)`` at every optimiser iteration,
             the fraction counting levels and iterations within them (an upper bound:
             a level may stop early).
+        multistart: try the half-turn starts too (four short registrations on ~4 mm
+            copies); :func:`orientation_change` names the one kept.
 
     Returns:
         The transform mapping fixed physical points (mm) to moving points; use it with
@@ -142,7 +169,10 @@ def rigid_prealign(
 
         registration.AddCommand(sitk.sitkIterationEvent, iteration)
     with _global_itk_threads(threads or 1):
-        initial = _initial_transform(registration, fixed, moving)
+        if multistart:
+            initial = _best_start(fixed, moving, fixed_mask, seed, sampling)
+        else:
+            initial = _initial_transform(registration, fixed, moving, STARTS["none"])
         registration.SetInitialTransform(initial, inPlace=True)
         registration.Execute(fixed, moving)
     logger.info(
@@ -154,12 +184,69 @@ def rigid_prealign(
     return sitk.Euler3DTransform(initial)
 
 
-def _registration_method(fixed_mask: sitk.Image, seed: int, sampling: float, max_iterations: int) -> sitk.ImageRegistrationMethod:
+def orientation_change(transform: sitk.Transform) -> str:
+    """The start of :data:`STARTS` nearest to ``transform``'s rotation: ``"none"`` or the
+    half turn by which the reference's declared frame differs from the input's."""
+    matrix = np.asarray(transform.GetMatrix(), dtype=float).reshape(3, 3) if hasattr(transform, "GetMatrix") else np.eye(3)
+
+    def angle_to(angles) -> float:
+        start = sitk.Euler3DTransform()
+        start.SetRotation(*angles)
+        relative = matrix @ np.asarray(start.GetMatrix()).reshape(3, 3).T
+        return float(np.arccos(np.clip((np.trace(relative) - 1) / 2, -1.0, 1.0)))
+
+    return min(STARTS, key=lambda name: angle_to(STARTS[name]))
+
+
+def _best_start(fixed: sitk.Image, moving: sitk.Image, fixed_mask: sitk.Image, seed: int, sampling: float) -> sitk.Euler3DTransform:
+    """Each start of :data:`STARTS` refined for a few iterations on ~4 mm copies; the
+    identity unless another's metric is lower by :data:`START_MARGIN` of its value."""
+    coarse_fixed, coarse_moving = _coarse(fixed), _coarse(moving)
+    coarse_mask = sitk.Shrink(fixed_mask, _coarse_factors(fixed))  # subsampled like the image
+    registration = _registration_method(coarse_mask, seed, min(1.0, 4 * sampling), _COARSE_ITERATIONS, levels=((1, 0.0),))
+    values: dict[str, float] = {}
+    results: dict[str, sitk.Euler3DTransform] = {}
+    for name, angles in STARTS.items():
+        start = _initial_transform(registration, coarse_fixed, coarse_moving, angles)
+        registration.SetInitialTransform(start, inPlace=True)
+        try:
+            registration.Execute(coarse_fixed, coarse_moving)
+        except RuntimeError:  # the start leaves too few samples inside the reference
+            continue
+        values[name], results[name] = registration.GetMetricValue(), sitk.Euler3DTransform(start)
+    if not values:
+        raise InputError("reference and input: no start of the rigid pre-alignment overlaps enough to compare them")
+    best = min(values, key=values.get)
+    if "none" in values and values[best] > values["none"] + START_MARGIN * values["none"]:
+        best = "none"
+    logger.info("rigid pre-alignment start: %s (coarse metric: %s)", best, ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
+    return results[best]
+
+
+def _coarse_factors(image: sitk.Image) -> list[int]:
+    return [max(1, int(round(_COARSE_SPACING_MM / s))) for s in image.GetSpacing()]
+
+
+def _coarse(image: sitk.Image) -> sitk.Image:
+    """``image`` smoothed and shrunk to voxels of about 4 mm."""
+    return sitk.Shrink(sitk.SmoothingRecursiveGaussian(image, _COARSE_SPACING_MM / 2), _coarse_factors(image))
+
+
+def _registration_method(fixed_mask: sitk.Image, seed: int, sampling: float, max_iterations: int,
+                         levels: tuple[tuple[int, float], ...] | None = None) -> sitk.ImageRegistrationMethod:  # fmt: skip
+    """Mattes MI sampled at random in ``fixed_mask`` (``sampling`` of its voxels per
+    level, at most :data:`MAX_SAMPLES`), regular step gradient descent; ``levels``
+    (shrink factor, smoothing mm) default to the three of the full run."""
     registration = sitk.ImageRegistrationMethod()
     registration.SetMetricAsMattesMutualInformation(numberOfHistogramBins=_HISTOGRAM_BINS)
     registration.SetMetricSamplingStrategy(registration.RANDOM)
+    levels = levels or tuple(zip(_SHRINK_FACTORS, _SMOOTHING_SIGMAS_MM))
+    # Random samples are drawn over the whole fixed grid, then those outside the mask
+    # dropped: a level keeps about percentage x (mask voxels / shrink³) of them.
+    inside = max(1.0, float(np.count_nonzero(sitk.GetArrayViewFromImage(fixed_mask))))
+    percentages = [min(sampling, MAX_SAMPLES * shrink**3 / inside) for shrink, _ in levels]
     # SimpleITK reads seed 0 as "seed from the wall clock" (sitkWallClock); shift by one.
-    registration.SetMetricSamplingPercentage(sampling, int(seed) + 1)
+    registration.SetMetricSamplingPercentagePerLevel(percentages, int(seed) + 1)
     registration.SetMetricFixedMask(fixed_mask)
     # Gradients at the sampled points only; a gradient image per level costs more.
     registration.SetMetricUseFixedImageGradientFilter(False)
@@ -173,8 +260,8 @@ def _registration_method(fixed_mask: sitk.Image, seed: int, sampling: float, max
         gradientMagnitudeTolerance=1e-6,
     )
     registration.SetOptimizerScalesFromPhysicalShift()
-    registration.SetShrinkFactorsPerLevel(list(_SHRINK_FACTORS))
-    registration.SetSmoothingSigmasPerLevel(list(_SMOOTHING_SIGMAS_MM))
+    registration.SetShrinkFactorsPerLevel([shrink for shrink, _ in levels])
+    registration.SetSmoothingSigmasPerLevel([sigma for _, sigma in levels])
     registration.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     return registration
 
@@ -198,22 +285,25 @@ def _sampling_mask(fixed: sitk.Image, modality: str) -> sitk.Image:
     return sitk.Resample(coarse, fixed, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
 
 
-def _initial_transform(registration: sitk.ImageRegistrationMethod, fixed: sitk.Image, moving: sitk.Image) -> sitk.Euler3DTransform:
-    """Identity or geometry-centred start, whichever has the lower metric value.
+def _initial_transform(registration: sitk.ImageRegistrationMethod, fixed: sitk.Image, moving: sitk.Image, angles) -> sitk.Euler3DTransform:
+    """The rotation ``angles`` about the fixed image's centre, with no translation or
+    with the one that maps the fixed image's centre onto the moving image's, whichever
+    has the lower metric value.
 
     Geometry centring recovers large offsets between scanners' frames but is wrong when
     the fields of view differ (a long CT around a short MR in the same frame).
     """
-    centre = fixed.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in fixed.GetSize()])
-    identity = sitk.Euler3DTransform()
-    identity.SetCenter(centre)
-    centred = sitk.Euler3DTransform(
-        sitk.CenteredTransformInitializer(
-            fixed, moving, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.GEOMETRY
-        )
-    )
-    best, best_value = identity, np.inf
-    for candidate in (identity, centred):
+    centre = np.asarray(fixed.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in fixed.GetSize()]))
+    moving_centre = np.asarray(moving.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in moving.GetSize()]))
+    candidates = []
+    for translation in (np.zeros(3), moving_centre - centre):
+        candidate = sitk.Euler3DTransform()
+        candidate.SetCenter(centre.tolist())
+        candidate.SetRotation(*angles)
+        candidate.SetTranslation(translation.tolist())
+        candidates.append(candidate)
+    best, best_value = candidates[0], np.inf
+    for candidate in candidates:
         registration.SetInitialTransform(candidate, inPlace=False)
         try:
             value = registration.MetricEvaluate(fixed, moving)

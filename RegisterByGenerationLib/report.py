@@ -31,6 +31,7 @@ import SimpleITK as sitk
 from . import __version__
 from .errors import OutputError, RbgError
 from .io import atomic_path
+from .prealign import orientation_change
 
 if TYPE_CHECKING:  # imported for annotations only: the pipeline pulls in torch
     from .bones import BoneResult
@@ -91,6 +92,9 @@ def transform_summary(transform: sitk.Transform | None) -> dict[str, Any] | None
         summary["translation_mm"] = [float(v) for v in euler.GetTranslation()]
         summary["center_mm"] = [float(v) for v in euler.GetCenter()]
         summary["identity"] = bool(np.allclose(euler.GetParameters(), 0.0))
+        # The half turn (if any) between the two scanners' declared frames that the
+        # multi-start pre-alignment found; "none" for the usual case.
+        summary["orientation_change"] = orientation_change(euler)
     return summary
 
 
