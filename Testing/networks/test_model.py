@@ -51,7 +51,7 @@ def test_config_to_dict_is_plain_json_types():
     assert data["registration"]["encoder"] == [16, 32, 32, 32]
     assert data["registration"]["decoder"] == [32, 32, 32, 32, 32, 16, 16]
     assert data["stage1"] == {
-        "kind": "padain", "channels": 256, "blocks": 12, "style_hidden": 512, "style_downsample": 16, "noise": True,
+        "kind": "padain", "channels": 256, "blocks": 12, "style_hidden": 512, "style_downsample": 16, "noise": True, "residual": False,
     }  # fmt: skip
 
 
