@@ -169,10 +169,11 @@ def rigid_prealign(
 
         registration.AddCommand(sitk.sitkIterationEvent, iteration)
     with _global_itk_threads(threads or 1):
-        if multistart:
-            initial = _best_start(fixed, moving, fixed_mask, seed, sampling)
-        else:
-            initial = _initial_transform(registration, fixed, moving, STARTS["none"])
+        # A half turn starts from its coarse refinement (the raw half turn is too far for
+        # the full run's capture range); the identity starts from itself, as without
+        # multistart: its coarse refinement can slide into a distant MI optimum (T1 MR).
+        start = _best_start(fixed, moving, fixed_mask, seed, sampling) if multistart else None
+        initial = start or _initial_transform(registration, fixed, moving, STARTS["none"])
         registration.SetInitialTransform(initial, inPlace=True)
         registration.Execute(fixed, moving)
     logger.info(
@@ -198,9 +199,10 @@ def orientation_change(transform: sitk.Transform) -> str:
     return min(STARTS, key=lambda name: angle_to(STARTS[name]))
 
 
-def _best_start(fixed: sitk.Image, moving: sitk.Image, fixed_mask: sitk.Image, seed: int, sampling: float) -> sitk.Euler3DTransform:
-    """Each start of :data:`STARTS` refined for a few iterations on ~4 mm copies; the
-    identity unless another's metric is lower by :data:`START_MARGIN` of its value."""
+def _best_start(fixed: sitk.Image, moving: sitk.Image, fixed_mask: sitk.Image, seed: int, sampling: float) -> sitk.Euler3DTransform | None:
+    """Each start of :data:`STARTS` refined for a few iterations on ~4 mm copies; None
+    (keep the identity) unless another's metric is lower by :data:`START_MARGIN` of the
+    identity's, else that start's coarse refinement."""
     coarse_fixed, coarse_moving = _coarse(fixed), _coarse(moving)
     coarse_mask = sitk.Shrink(fixed_mask, _coarse_factors(fixed))  # subsampled like the image
     registration = _registration_method(coarse_mask, seed, min(1.0, 4 * sampling), _COARSE_ITERATIONS, levels=((1, 0.0),))
@@ -220,7 +222,7 @@ def _best_start(fixed: sitk.Image, moving: sitk.Image, fixed_mask: sitk.Image, s
     if "none" in values and values[best] > values["none"] + START_MARGIN * values["none"]:
         best = "none"
     logger.info("rigid pre-alignment start: %s (coarse metric: %s)", best, ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
-    return results[best]
+    return None if best == "none" else results[best]
 
 
 def _coarse_factors(image: sitk.Image) -> list[int]:

@@ -10,7 +10,7 @@ from conftest import make_volume
 from RegisterByGenerationLib.errors import InputError
 from RegisterByGenerationLib.geometry import resample_onto
 from RegisterByGenerationLib.mask import body_mask
-from RegisterByGenerationLib.prealign import check_overlap, physical_overlap, rigid_prealign
+from RegisterByGenerationLib.prealign import check_overlap, orientation_change, physical_overlap, rigid_prealign
 
 
 def mr_like(ct: sitk.Image) -> sitk.Image:
@@ -134,3 +134,16 @@ def test_rigid_prealign_reports_progress_within_its_levels_and_takes_threads(mis
     fractions = [f for f, _ in seen]
     assert len(seen) > 3 and fractions == sorted(fractions) and 0 <= fractions[0] and fractions[-1] <= 1
     assert {message.split(",")[0] for _, message in seen} >= {"level 1 of 3", "level 3 of 3"}
+
+
+def test_multistart_keeping_the_identity_refines_from_the_identity_itself(misaligned):
+    # The coarse copies only choose among starts. When the identity is kept, the full
+    # registration starts from it, not from its ~4 mm refinement: on a T1-like MR
+    # phantom (1PS7000) that refinement slid 29 mm into an MI optimum the full
+    # registration never left, so the pseudo-CT lost to rigid.
+    fixed, moving, _, _ = misaligned
+    mr = mr_like(fixed)
+    kept = rigid_prealign(mr, moving, fixed_modality="mr", seed=0, sampling=0.02, max_iterations=15)
+    single = rigid_prealign(mr, moving, fixed_modality="mr", seed=0, sampling=0.02, max_iterations=15, multistart=False)
+    assert orientation_change(kept) == "none"
+    assert kept.GetParameters() == single.GetParameters()
