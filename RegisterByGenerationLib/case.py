@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import Cancelled
+from .errors import Cancelled, InputMismatchError, OutputError
 from .io import check_writable_dir, missing_folders, read_image, remove_empty_folders, write_image
 from .pipeline import OUTPUT_FILES, Pipeline, PipelineResult
 from .progress import ProgressCallback, SubProgress
@@ -52,6 +52,8 @@ def process_case(
     overview: bool = True,
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
+    input_series: str | None = None,
+    reference_series: str | None = None,
 ) -> CaseOutputs:
     """Generate, segment and report one case into ``out_dir``.
 
@@ -64,13 +66,16 @@ def process_case(
         overview: render ``overview.png``.
         progress: ``progress(fraction, stage, message)``.
         cancel: set it to stop between steps; nothing is written then.
+        input_series, reference_series: the DICOM Series Instance UID to read when the
+            input or the reference is a folder of several series.
 
     Returns:
         The written paths (keys: ``pseudo_ct``, ``labelmap``, ``segmentation``,
         ``overview``, ``report``, and the intermediate ones) and the report.
 
     Raises:
-        InputError: unreadable or unsuitable inputs. OutputError: unwritable ``out_dir``.
+        InputError: unreadable or unsuitable inputs (a subclass says which), including one
+            file given as both. OutputError: ``out_dir`` unwritable, or the disk fills.
         ModelError: TotalSegmentator requested but not usable. Cancelled: ``cancel`` was set.
     """
     from .bones import segment_bones, write_bone_outputs
@@ -80,14 +85,17 @@ def process_case(
 
     if bones not in BONE_METHODS:
         raise ValueError(f"bones must be one of {BONE_METHODS}, got {bones!r}")
-    input_image = read_image(input_path)
-    reference_ct = read_image(reference_path)
+    input_image = read_image(input_path, series=input_series)
+    reference_ct = read_image(reference_path, series=reference_series)
+    if os.path.samefile(input_path, reference_path) and input_series == reference_series:
+        raise InputMismatchError(f"{reference_path}: the same file as the input {input_path}; the reference must be the patient's CT")
     if bones == "totalsegmentator":
         check_totalsegmentator()  # fail before minutes of work, not after
     out_dir = check_writable_dir(out_dir, create=False)  # created only once there is something to write
     report = progress or (lambda fraction, stage, message="": None)
 
-    result = pipeline.run(input_image, reference_ct, progress=SubProgress(report, 0.0, 0.85), cancel=cancel, keep_intermediate=save_intermediate)
+    result = pipeline.run(input_image, reference_ct, progress=SubProgress(report, 0.0, 0.85), cancel=cancel, keep_intermediate=save_intermediate,
+                          input_name=str(input_path), reference_name=str(reference_path))  # fmt: skip
     bone_result, bone_seconds = None, 0.0
     if bones != "none":
         if cancel is not None and cancel.is_set():
@@ -100,6 +108,7 @@ def process_case(
     report(0.93, "report", "writing outputs, overview and report")
     created = missing_folders(out_dir)
     staging = Path(tempfile.mkdtemp(prefix=".rbg-staging-", dir=check_writable_dir(out_dir)))
+    moved: list[Path] = []
     try:
         staged = _write_images(result, staging, save_intermediate)
         if bone_result is not None:
@@ -126,9 +135,14 @@ def process_case(
             raise Cancelled("stopped before the outputs were moved into place")
         for name in sorted(staged, key=lambda n: n == "pseudo_ct"):  # pseudo_ct last: it marks completion
             os.replace(staged[name], final[name])
-    except BaseException:
+            moved.append(final[name])
+    except BaseException as error:
+        for path in moved:  # an earlier run's files of these names are gone already; ours go too
+            path.unlink(missing_ok=True)
         shutil.rmtree(staging, ignore_errors=True)
         remove_empty_folders(created)
+        if isinstance(error, OSError):  # a full disk or a vanished folder while writing
+            raise OutputError(f"{out_dir}: cannot write the outputs ({error.strerror or error})") from error
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)

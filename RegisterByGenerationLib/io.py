@@ -9,6 +9,7 @@ and rename, so a crash or a cancel never leaves a half-written file under the fi
 
 from __future__ import annotations
 
+import gzip
 import logging
 import os
 import re
@@ -19,10 +20,11 @@ import numpy as np
 import SimpleITK as sitk
 
 from .atomic import atomic_path  # re-exported: io is where callers look for file writing
-from .errors import InputError, OutputError
+from .errors import InvalidImageError, MissingInputError, OutputError, UnreadableInputError
 
 __all__ = [
     "WRITABLE_SUFFIXES",
+    "MAX_ANISOTROPY",
     "read_image",
     "validate_image",
     "write_image",
@@ -37,78 +39,110 @@ logger = logging.getLogger(__name__)
 
 WRITABLE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".seg.nrrd", ".mha", ".mhd")
 
+#: Largest ratio of the coarsest to the finest voxel spacing accepted. Clinical volumes
+#: reach about 10 (0.5 mm pixels, 5 mm slices); beyond 20 a "volume" is a stack of
+#: scouts or a header with a lost spacing, and slice-by-slice synthesis is meaningless.
+MAX_ANISOTROPY = 20.0
 
-def read_image(path: str | os.PathLike, *, validate: bool = True) -> sitk.Image:
+
+def read_image(path: str | os.PathLike, *, validate: bool = True, series: str | None = None) -> sitk.Image:
     """Read a 3D scalar image from a file or from a folder holding one DICOM series.
 
     Args:
         path: an image file (.nii, .nii.gz, .nrrd, .mha, .mhd, ...) or a DICOM folder.
-            When a folder holds several series, the one with the most files is read
-            and a warning names the others.
+            When a folder holds several series and ``series`` is None, the one with the
+            most files is read and a warning names it and the others.
         validate: check the image with :func:`validate_image` (default).
+        series: the DICOM Series Instance UID to read from a folder.
 
     Returns:
         The image with its geometry, pixel type unchanged.
 
     Raises:
-        InputError: the path does not exist, cannot be read, or fails validation.
+        MissingInputError: the path does not exist.
+        UnreadableInputError: it cannot be read as an image, or ``series`` is not in the
+            folder (or ``series`` was given for a file).
+        InvalidImageError: it fails validation.
     """
     path = Path(path)
     if not path.exists():
-        raise InputError(f"{path}: file not found")
+        raise MissingInputError(f"{path}: file not found")
+    if series is not None and not path.is_dir():
+        raise UnreadableInputError(f"{path}: a DICOM series ({series}) was asked for, but this is a file, not a DICOM folder")
     try:
-        image = _read_dicom_folder(path) if path.is_dir() else sitk.ReadImage(str(path))
-    except RuntimeError as error:
+        if path.name.endswith(".gz"):
+            _check_gzip_complete(path)
+        image = _read_dicom_folder(path, series) if path.is_dir() else sitk.ReadImage(str(path))
+    except (RuntimeError, OSError, EOFError) as error:
         reason = _first_line(str(error))
-        raise InputError(f"{path}: cannot be read as an image ({reason})") from error
+        raise UnreadableInputError(f"{path}: cannot be read as an image ({reason})") from error
     if validate:
         validate_image(image, path)
     return image
 
 
-def _read_dicom_folder(folder: Path) -> sitk.Image:
+def _check_gzip_complete(path: Path) -> None:
+    """Raise EOFError or OSError unless ``path`` is a complete gzip stream.
+
+    ITK's NIfTI reader fills a truncated ``.nii.gz`` (a copy cut short) with zeros and
+    reports no error; decompressing to the end (about as long as reading) catches it.
+    """
+    with gzip.open(path, "rb") as stream:
+        while stream.read(1 << 24):
+            pass
+
+
+def _read_dicom_folder(folder: Path, series: str | None) -> sitk.Image:
     series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if not series_ids:
-        raise InputError(f"{folder}: folder holds no DICOM series")
+        raise UnreadableInputError(f"{folder}: folder holds no DICOM series")
+    if series is not None and series not in series_ids:
+        raise UnreadableInputError(f"{folder}: holds no DICOM series {series}; it holds {', '.join(series_ids)}")
     files_per_series = {
         sid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids
     }
-    chosen = max(files_per_series, key=lambda sid: len(files_per_series[sid]))
-    if len(series_ids) > 1:
+    chosen = series or max(files_per_series, key=lambda sid: len(files_per_series[sid]))
+    if len(series_ids) > 1 and series is None:
         others = ", ".join(sid for sid in series_ids if sid != chosen)
-        logger.warning("%s: reading DICOM series %s (most files); also present: %s", folder, chosen, others)
+        logger.warning("%s: reading DICOM series %s (most files); also present: %s; choose another with --input-series or --reference-series", folder, chosen, others)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files_per_series[chosen])
     return reader.Execute()
 
 
 def validate_image(image: sitk.Image, path: str | os.PathLike = "<image>") -> None:
-    """Raise :class:`InputError` unless ``image`` is a usable 3D scalar volume.
+    """Raise :class:`InvalidImageError` unless ``image`` is a usable 3D scalar volume.
 
     Checked: three dimensions with at least two voxels along each; one component per
-    voxel; positive spacing; finite voxel values; not constant (an all-equal volume is
-    empty for our purposes).
+    voxel; positive spacing, at most :data:`MAX_ANISOTROPY` times coarser along one axis
+    than another; finite voxel values; not constant (an all-equal volume is empty for
+    our purposes).
     """
     if image.GetDimension() != 3:
-        raise InputError(f"{path}: image is {image.GetDimension()}D, a 3D volume is required")
+        raise InvalidImageError(f"{path}: image is {image.GetDimension()}D, a 3D volume is required")
     if image.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(
+        raise InvalidImageError(
             f"{path}: image has {image.GetNumberOfComponentsPerPixel()} components per voxel "
             "(colour or vector image); a scalar volume is required"
         )
     size = image.GetSize()
     if min(size) < 2:
-        raise InputError(f"{path}: image size {size} has a single slice along an axis; a 3D volume is required")
+        raise InvalidImageError(f"{path}: image size {size} has a single slice along an axis; a 3D volume is required")
     spacing = image.GetSpacing()
     if not all(np.isfinite(s) and s > 0 for s in spacing):
-        raise InputError(f"{path}: voxel spacing {spacing} must be positive")
+        raise InvalidImageError(f"{path}: voxel spacing {spacing} must be positive")
+    if max(spacing) > MAX_ANISOTROPY * min(spacing):
+        raise InvalidImageError(
+            f"{path}: voxel spacing {tuple(round(s, 4) for s in spacing)} is more than {MAX_ANISOTROPY:g} times coarser "
+            "along one axis than another; resample it or check the header"
+        )
     array = sitk.GetArrayViewFromImage(image)
     if np.issubdtype(array.dtype, np.floating):
         bad = np.count_nonzero(~np.isfinite(array))
         if bad:
-            raise InputError(f"{path}: image has {bad} non-finite (NaN or Inf) voxels")
+            raise InvalidImageError(f"{path}: image has {bad} non-finite (NaN or Inf) voxels")
     if array.min() == array.max():
-        raise InputError(f"{path}: image is empty (every voxel equals {array.flat[0]})")
+        raise InvalidImageError(f"{path}: image is empty (every voxel equals {array.flat[0]})")
 
 
 def check_writable_dir(folder: str | os.PathLike, *, create: bool = True) -> Path:

@@ -34,6 +34,7 @@ from .geometry import CanvasGrid
 from .intensity import normalization_from_config
 from .modelstore import ModelInfo, default_model_name, find_model, load_model
 from .plausibility import check_memory, check_modalities, estimate_peak_bytes
+from .prealign import check_overlap
 from .preprocess import AIR_HU, normalise_input, prealign_reference
 from .progress import ProgressCallback, SubProgress
 from .refine import REFINEMENTS, register_onto_generated
@@ -189,16 +190,22 @@ class Pipeline:
         progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
         keep_intermediate: bool = False,
+        input_name: str = "input",
+        reference_name: str = "reference",
     ) -> PipelineResult:
         """Generate the pseudo-CT of ``input_image`` with the texture of ``reference_ct``.
+
+        ``input_name`` and ``reference_name`` (e.g. the files' paths) start the messages
+        of the input checks.
 
         Returns:
             A :class:`PipelineResult`; ``pseudo_ct`` is int16 HU with exactly the input's
             size, spacing, origin and direction.
 
         Raises:
-            InputError: the images do not overlap physically, the reference is not a CT in
-                HU, an MR input looks like a CT, or the case would not fit in RAM.
+            InputMismatchError: the images do not overlap physically, the input is a
+                label map, the reference is not a CT in HU, or an MR input looks like a CT.
+            InvalidImageError: the case would not fit in RAM.
             Cancelled: ``cancel`` was set; nothing is returned or written.
         """
         report = progress or (lambda fraction, stage, message="": None)
@@ -213,8 +220,9 @@ class Pipeline:
         for warning in warnings:
             logger.warning(warning)
         cpu_batch = (self.batch_size or 4) if self.device.type == "cpu" else 0  # GPU activations are not RAM
-        check_memory(estimate_peak_bytes(input_image, grid.shape, self.info.metadata["architecture"]["stage1"], cpu_batch))
-        check_modalities(input_image, reference_ct, self.modality)
+        check_memory(estimate_peak_bytes(input_image, grid.shape, self.info.metadata["architecture"]["stage1"], cpu_batch), name=input_name)
+        check_modalities(input_image, reference_ct, self.modality, input_name=input_name, reference_name=reference_name)
+        check_overlap(input_image, reference_ct, fixed_name=input_name, moving_name=reference_name)  # also without pre-alignment
         checkpoint("pre-alignment")
         start = time.perf_counter()
         if self.prealign:

@@ -1,6 +1,7 @@
 """Checks that catch swapped or unsuitable inputs before minutes of work.
 
-A reference "CT" without air at about -1000 HU is not in Hounsfield units (an MR given
+An input of a few integer values is a label map (a segmentation picked by mistake in
+a file dialog). A reference "CT" without air at about -1000 HU is not in Hounsfield units (an MR given
 as the reference, or a CT exported with a rescale slope lost); an "MR" input with large
 regions at about -1000 is a CT given as the input. Both would run and produce nonsense,
 so they stop with an error that says what was seen. A CBCT input is expected in HU-like
@@ -13,12 +14,17 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError
+from .errors import InputMismatchError, InvalidImageError
 
 __all__ = ["check_modalities", "estimate_peak_bytes", "check_memory"]
 
 #: Fraction of voxels at or below -900 above which an image is taken to be in HU with air.
 _AIR_FRACTION = 0.02
+
+#: An integer image with at most this many distinct values is a label map, not a scan
+#: (scanners write hundreds to thousands of grey values; TotalSegmentator's full label
+#: set is 117).
+_MAX_LABELS = 128
 
 
 def _air_fraction(image: sitk.Image) -> float:
@@ -27,25 +33,40 @@ def _air_fraction(image: sitk.Image) -> float:
 
 
 def check_modalities(input_image: sitk.Image, reference_ct: sitk.Image, modality: str, *, input_name: str = "input", reference_name: str = "reference") -> None:
-    """Raise :class:`InputError` when the reference is not a CT in HU, or an MR input looks like a CT.
+    """Raise :class:`InputMismatchError` when the input is a label map, the reference is
+    not a CT in HU, or an MR input looks like a CT.
 
     Args:
         modality: ``"mr"`` or ``"cbct"``, the declared kind of ``input_image``.
     """
     if modality not in ("mr", "cbct"):
         raise ValueError(f"modality must be 'mr' or 'cbct', got {modality!r}")
+    values = _distinct_integer_values(input_image)
+    if values is not None and values <= _MAX_LABELS:
+        raise InputMismatchError(
+            f"{input_name}: looks like a label map ({values} distinct integer values), not an {modality.upper()} scan; "
+            "was a segmentation picked as the input?"
+        )
     reference = sitk.GetArrayViewFromImage(reference_ct)
     if float(reference.min()) > -500 or _air_fraction(reference_ct) < _AIR_FRACTION:
-        raise InputError(
+        raise InputMismatchError(
             f"{reference_name}: does not look like a CT in Hounsfield units (values {float(reference.min()):.0f} to "
             f"{float(reference.max()):.0f}, {100 * _air_fraction(reference_ct):.1f} % of voxels at air level <= -900); "
             "is an MR given as the reference, or were the inputs swapped?"
         )
     if modality == "mr" and _air_fraction(input_image) >= _AIR_FRACTION and float(sitk.GetArrayViewFromImage(input_image).min()) < -500:
-        raise InputError(
+        raise InputMismatchError(
             f"{input_name}: declared MR but looks like a CT ({100 * _air_fraction(input_image):.1f} % of voxels at about "
             "-1000 HU); were the inputs swapped? For a CBCT input use --modality cbct"
         )
+
+
+def _distinct_integer_values(image: sitk.Image) -> int | None:
+    """How many distinct values an integer-typed image holds (None for floating point)."""
+    array = sitk.GetArrayViewFromImage(image)
+    if not np.issubdtype(array.dtype, np.integer):
+        return None
+    return int(np.unique(array).size)
 
 
 def estimate_peak_bytes(input_image: sitk.Image, canvas_shape: tuple[int, int, int], stage1: dict | None = None, batch: int = 0) -> int:
@@ -71,13 +92,13 @@ def estimate_peak_bytes(input_image: sitk.Image, canvas_shape: tuple[int, int, i
 
 
 def check_memory(needed_bytes: int, available_bytes: int | None = None, *, name: str = "input") -> None:
-    """Raise :class:`InputError` when ``needed_bytes`` exceed the RAM available now."""
+    """Raise :class:`InvalidImageError` when ``needed_bytes`` exceed the RAM available now."""
     if available_bytes is None:
         import psutil
 
         available_bytes = psutil.virtual_memory().available
     if needed_bytes > available_bytes:
-        raise InputError(
+        raise InvalidImageError(
             f"{name}: volume too large for this machine: the run needs about {needed_bytes / 2**30:.1f} GiB of RAM, "
             f"{available_bytes / 2**30:.1f} GiB are available; crop the volume to the region of interest or use a larger machine"
         )

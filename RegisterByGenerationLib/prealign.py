@@ -26,7 +26,7 @@ from contextlib import contextmanager
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError
+from .errors import InputMismatchError
 from .mask import MODALITIES, body_mask
 
 __all__ = ["START_MARGIN", "STARTS", "physical_overlap", "check_overlap", "rigid_prealign", "orientation_change"]
@@ -79,11 +79,11 @@ def check_overlap(
     """Return :func:`physical_overlap`, raising when it is below ``minimum`` (fraction).
 
     Raises:
-        InputError: the images do not overlap enough to be of the same patient and frame.
+        InputMismatchError: the images do not overlap enough to be of the same patient and frame.
     """
     overlap = physical_overlap(fixed, moving)
     if overlap < minimum:
-        raise InputError(
+        raise InputMismatchError(
             f"{moving_name} and {fixed_name} do not overlap in physical space (overlap {100 * overlap:.1f} %); "
             "check that both are of the same patient and in the same coordinate system"
         )
@@ -135,7 +135,7 @@ def rigid_prealign(
         ``resample_onto(moving, fixed, transform)``.
 
     Raises:
-        InputError: the images do not overlap in physical space.
+        InputMismatchError: the images do not overlap in physical space.
         ValueError: an invalid argument.
     """
     if fixed_modality not in MODALITIES:
@@ -217,7 +217,7 @@ def _best_start(fixed: sitk.Image, moving: sitk.Image, fixed_mask: sitk.Image, s
             continue
         values[name], results[name] = registration.GetMetricValue(), sitk.Euler3DTransform(start)
     if not values:
-        raise InputError("reference and input: no start of the rigid pre-alignment overlaps enough to compare them")
+        raise InputMismatchError("reference and input: no start of the rigid pre-alignment overlaps enough to compare them")
     best = min(values, key=values.get)
     if "none" in values and values[best] > values["none"] + START_MARGIN * values["none"]:
         best = "none"

@@ -59,7 +59,7 @@ DEVICES = ("auto", "cuda", "cpu", "mps")
 #: Exit status of ``rbg`` after Ctrl-C or a cancel (the shell convention 128 + SIGINT).
 EXIT_CANCELLED = 130
 ERROR_PREFIX = "rbg: error: "
-CANCEL_PREFIXES = ("rbg: cancelled", "rbg: interrupted")
+CANCEL_PREFIXES = ("rbg: cancelled", "rbg: interrupted", "rbg: terminated")
 #: Names the pipeline gives its staging folder and atomic temporary files in OUTDIR.
 _STAGING_PREFIX = ".rbg-staging-"
 _LOG_LINES_KEPT = 5000

@@ -9,6 +9,7 @@ from conftest import make_tiny_model
 
 from RegisterByGenerationLib.cli import main
 from RegisterByGenerationLib.cli.demo import DEMO_SIZE
+from RegisterByGenerationLib.errors import InputError, ModelError
 
 
 def test_demo_writes_results_and_scores_against_the_truth(tmp_path, capsys):
@@ -33,13 +34,13 @@ def test_demo_writes_results_and_scores_against_the_truth(tmp_path, capsys):
 
 def test_demo_with_a_model_for_the_other_modality_fails_cleanly(tmp_path, capsys):
     model = make_tiny_model(tmp_path / "model", "mr").path
-    assert main(["demo", "-o", str(tmp_path / "demo"), "--modality", "cbct", "--model", str(model)]) == 1
+    assert main(["demo", "-o", str(tmp_path / "demo"), "--modality", "cbct", "--model", str(model)]) == ModelError.exit_code
     assert "is for MR input, not CBCT" in capsys.readouterr().err
 
 
 def test_demo_with_a_bad_size_fails_cleanly_and_creates_nothing(tmp_path, capsys):
     model = make_tiny_model(tmp_path / "model", "cbct").path
     out = tmp_path / "demo"
-    assert main(["demo", "-o", str(out), "--modality", "cbct", "--model", str(model), "--size", "4", "4", "4"]) == 1
+    assert main(["demo", "-o", str(out), "--modality", "cbct", "--model", str(model), "--size", "4", "4", "4"]) == InputError.exit_code
     assert "at least 16 voxels" in capsys.readouterr().err
     assert not out.exists()

@@ -10,6 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from RegisterByGenerationLib import cli
+from RegisterByGenerationLib.errors import InputError, InputMismatchError, MissingInputError, OutputError, UnreadableInputError
 from RegisterByGenerationLib.metrics import evaluate_images
 
 SHAPE = (12, 36, 40)  # [z, y, x]
@@ -99,30 +100,30 @@ def one_line_error(capsys) -> str:
 
 def test_missing_and_unreadable_files_fail_with_one_line(case, capsys):
     missing = str(case["dir"] / "nope.nii.gz")
-    assert cli.main(["evaluate", case["pseudo_ct"], "--truth", missing]) == 1
+    assert cli.main(["evaluate", case["pseudo_ct"], "--truth", missing]) == MissingInputError.exit_code
     assert missing in one_line_error(capsys)
     broken = case["dir"] / "broken.nii.gz"
     broken.write_text("not an image")
-    assert cli.main(["evaluate", str(broken)]) == 1
+    assert cli.main(["evaluate", str(broken)]) == UnreadableInputError.exit_code
     assert str(broken) in one_line_error(capsys)
 
 
 def test_grid_mismatch_names_the_file_and_writes_nothing(case, capsys):
     out = case["dir"] / "metrics.json"
     other = write(np.random.default_rng(1).normal(size=SHAPE), case["dir"] / "other.nii.gz", spacing=(1.1, 1.1, 3.0))
-    assert cli.main(["evaluate", case["pseudo_ct"], "--truth", other, "--json", str(out)]) == 1
+    assert cli.main(["evaluate", case["pseudo_ct"], "--truth", other, "--json", str(out)]) == InputMismatchError.exit_code
     err = one_line_error(capsys)
     assert other in err and "spacing (1.1, 1.1, 3) vs (1.1, 1.1, 2.5)" in err
     assert not out.exists()
 
 
 def test_output_folder_and_bone_arguments_checked_first(case, capsys):
-    assert cli.main(["evaluate", case["pseudo_ct"], "--json", str(case["dir"] / "missing" / "m.json")]) == 1
+    assert cli.main(["evaluate", case["pseudo_ct"], "--json", str(case["dir"] / "missing" / "m.json")]) == OutputError.exit_code
     assert "does not exist" in one_line_error(capsys)
-    assert cli.main(["evaluate", case["pseudo_ct"], "--truth-bones", case["mask"]]) == 1
+    assert cli.main(["evaluate", case["pseudo_ct"], "--truth-bones", case["mask"]]) == InputError.exit_code
     assert "--pred-bones" in one_line_error(capsys)
     empty = write(np.zeros(SHAPE, np.uint8), case["dir"] / "empty.nii.gz")
-    assert cli.main(["evaluate", case["pseudo_ct"], "--mask", empty]) == 1
+    assert cli.main(["evaluate", case["pseudo_ct"], "--mask", empty]) == InputError.exit_code
     assert f"{empty}: mask is empty" in one_line_error(capsys)
 
 

@@ -43,7 +43,8 @@ def test_not_found(tmp_path):
 @pytest.mark.parametrize(
     "name, content, reason",
     [
-        ("garbage.nii.gz", b"not an image", 'Unable to determine ImageIO reader for "'),
+        ("garbage.nii.gz", b"not an image", "Not a gzipped file"),
+        ("garbage.nii", b"not an image", 'Unable to determine ImageIO reader for "'),
         ("broken.nrrd", b"NRRD0004\ntype: garbage\n", "couldn't parse type"),
     ],
 )

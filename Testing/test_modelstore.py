@@ -94,9 +94,9 @@ def test_cli_models_list_and_info(user_models, capsys):
     out = capsys.readouterr().out
     assert '"name": "cli-model"' in out and "sha256 ok" in out
     (info.path / "weights.safetensors").write_bytes(b"tampered")
-    assert main(["models", "info", "cli-model"]) == 1
+    assert main(["models", "info", "cli-model"]) == ModelError.exit_code
     assert "MISMATCH" in capsys.readouterr().out
-    assert main(["models", "info", "nope"]) == 1
+    assert main(["models", "info", "nope"]) == ModelError.exit_code
     assert "rbg: error: model 'nope' not found" in capsys.readouterr().err
 
 

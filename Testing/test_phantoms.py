@@ -411,7 +411,7 @@ def test_cli_writes_the_synthrad_layout(tmp_path, capsys):
     ],
 )
 def test_cli_rejects_bad_values(tmp_path, capsys, arguments, message):
-    assert main(["phantom", "-o", str(tmp_path / "out"), *arguments]) == 1
+    assert main(["phantom", "-o", str(tmp_path / "out"), *arguments]) == InputError.exit_code
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 

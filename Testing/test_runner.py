@@ -13,6 +13,7 @@ import pytest
 import SimpleITK as sitk
 
 from RegisterByGenerationLib.cli import build_parser
+from RegisterByGenerationLib.errors import MissingInputError, ModelError
 from RegisterByGenerationLib.io import same_geometry
 from RegisterByGenerationLib.runner import (
     EXIT_CANCELLED,
@@ -217,7 +218,7 @@ def test_failing_runs_report_their_one_line_error(phantom_case, tiny_mr_model, t
         "unknown model": RunProcess(_command(phantom_case, tmp_path / "b", tiny_mr_model, model="no-such-model"), env=CHILD_ENV).start(),
     }
     codes = {name: run.wait(timeout=120) for name, run in runs.items()}
-    assert codes == {"missing input": 1, "unknown model": 1}
+    assert codes == {"missing input": MissingInputError.exit_code, "unknown model": ModelError.exit_code}
     assert runs["missing input"].error_message == f"{missing}: file not found"
     assert runs["unknown model"].error_message.startswith("model 'no-such-model' not found")
     for run in runs.values():

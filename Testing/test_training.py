@@ -134,9 +134,9 @@ def test_a_phase_needs_the_previous_one_and_refuses_to_overwrite(trained_run, ph
     fresh = tmp_path / "fresh"
     shutil.copytree(run / "cache", fresh / "cache")
     args = ["--data", str(phantom_data), "--preset", "tiny", "--device", "cpu", "--no-progress"]
-    assert main(["train", "stage2", "--out", str(fresh), *args]) == 1
+    assert main(["train", "stage2", "--out", str(fresh), *args]) == InputError.exit_code
     assert "registration has not been trained; run `rbg train registration` first" in capsys.readouterr().err
-    assert main(["train", "stage1", "--out", str(run), "--device", "cpu", "--data", str(phantom_data)]) == 1
+    assert main(["train", "stage1", "--out", str(run), "--device", "cpu", "--data", str(phantom_data)]) == InputError.exit_code
     assert "already has a checkpoint; pass --resume" in capsys.readouterr().err
 
 
@@ -321,7 +321,7 @@ def test_malformed_dataset_errors_name_the_case_and_file(phantom_data, tmp_path,
     (case / "ct.nii.gz").unlink()
     with pytest.raises(InputError, match=r"1PA042: case 1PA042 is missing ct\.nii\.gz"):
         find_cases(data)
-    assert main(["train", "stage1", "--data", str(data), "--out", str(tmp_path / "r"), "--preset", "tiny", "--device", "cpu"]) == 1
+    assert main(["train", "stage1", "--data", str(data), "--out", str(tmp_path / "r"), "--preset", "tiny", "--device", "cpu"]) == InputError.exit_code
     assert "case 1PA042 is missing ct.nii.gz" in capsys.readouterr().err
 
     shutil.copy(source / "ct.nii.gz", case / "ct.nii.gz")

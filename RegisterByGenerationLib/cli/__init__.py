@@ -2,7 +2,9 @@
 
 Heavy imports (torch, SimpleITK) happen inside the sub-commands, so ``rbg --help`` is
 instant. Errors a user can act on (:class:`~RegisterByGenerationLib.errors.RbgError`)
-print one line, ``rbg: error: ...``, and exit with status 1; usage errors exit with 2.
+print one line, ``rbg: error: ...``, and exit with their class's status
+(:data:`~RegisterByGenerationLib.errors.EXIT_CODES`); usage errors exit with 2, SIGINT
+with 130 and SIGTERM with 143, after the same clean-up as a cancel (nothing written).
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from .. import __version__
@@ -49,6 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived (a cluster's time limit, ``kill``): unwinds like Ctrl-C, so every
+    ``except BaseException`` clean-up runs and no half-written output stays."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``rbg``; returns the process exit status."""
     parser = build_parser()
@@ -57,17 +70,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="rbg: %(levelname)s: %(message)s",
     )
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
         return int(args.handler(args) or 0)
     except Cancelled as error:
         print(f"rbg: cancelled: {error}", file=sys.stderr)
-        return 130
+        return Cancelled.exit_code
     except RbgError as error:
         print(f"rbg: error: {error}", file=sys.stderr)
-        return 1
+        return error.exit_code
     except KeyboardInterrupt:
         print("rbg: interrupted; nothing was written", file=sys.stderr)
-        return 130
+        return 128 + signal.SIGINT
+    except Terminated:
+        print("rbg: terminated; nothing was written", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -43,5 +43,5 @@ def run(args: argparse.Namespace) -> int:
         status = "ok" if file_sha256(weights) == info.sha256 else "MISMATCH (corrupt or replaced file)"
         print(json.dumps(info.metadata, indent=2))
         print(f"weights: {weights} ({weights.stat().st_size / 2**20:.1f} MiB), sha256 {status}")
-        return 0 if status == "ok" else 1
+        return 0 if status == "ok" else ModelError.exit_code
     raise ValueError(f"unknown action {args.action!r}")

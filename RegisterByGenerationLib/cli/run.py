@@ -26,6 +26,8 @@ def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
     parser.add_argument("reference", metavar="REFERENCE", help="reference CT of the same patient (file or DICOM folder)")
     parser.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder (created if needed)")
     parser.add_argument("--modality", choices=("mr", "cbct"), default="mr", help="kind of INPUT (default: mr)")
+    parser.add_argument("--input-series", metavar="UID", help="DICOM Series Instance UID to read when INPUT is a folder of several series (default: the one with the most files, named in a warning)")
+    parser.add_argument("--reference-series", metavar="UID", help="the same for REFERENCE")
     parser.add_argument("--model", metavar="NAME|DIR", help="installed model name or model folder (default: the bundled model for --modality)")
     add_compute_arguments(parser)
     parser.add_argument("--batch-size", type=int, metavar="N", help="slices per forward pass (default: automatic)")
@@ -60,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
             bones=args.bones,
             save_intermediate=args.save_intermediate,
             progress=progress,
+            input_series=args.input_series,
+            reference_series=args.reference_series,
         )
     finally:
         if progress is not None:

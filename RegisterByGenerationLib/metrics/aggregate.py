@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import InputError
+from ..errors import InputError, InputMismatchError
 from ..io import same_geometry
 from .image_similarity import SSIM_WINDOW, mae, psnr, ssim
 from .no_reference import gradient_correlation, normalized_mutual_information, sharpness, tv_z
@@ -53,7 +53,7 @@ def check_same_grid(reference: sitk.Image, image: sitk.Image, name: str, referen
     if same_geometry(reference, image):
         return
     if image.GetDimension() != reference.GetDimension():
-        raise InputError(
+        raise InputMismatchError(
             f"{name}: image is {image.GetDimension()}D, the {reference_name} is {reference.GetDimension()}D"
         )
     differences = []
@@ -70,7 +70,7 @@ def check_same_grid(reference: sitk.Image, image: sitk.Image, name: str, referen
             differs = not np.allclose(ours, theirs, rtol=0, atol=1e-6)
         if differs:
             differences.append(f"{prop} {_fmt(ours)} vs {_fmt(theirs)}")
-    raise InputError(
+    raise InputMismatchError(
         f"{name}: grid differs from the {reference_name}: {'; '.join(differences)} "
         f"(resample it onto the {reference_name} first)"
     )
