@@ -15,6 +15,11 @@ and the batch goes on. ``OUT_DIR/summary.csv`` (rewritten atomically after every
 has one row per case: status, seconds, the error if any, and the metrics that need no
 truth (and MAE, PSNR, SSIM, bone Dice vs ``ct_aligned.nii.gz`` when present, bone Dice
 per label vs ``bones.nii.gz``).
+
+On a cluster, ``shard=(K, N)`` processes every N-th case starting at the K-th (of the
+cases sorted by name), so an array job's N workers share one folder with no
+coordination; each writes ``summary.shard-K-of-N.csv``, and :func:`merge_shards` joins
+them into ``summary.csv`` once all have finished.
 """
 
 from __future__ import annotations
@@ -34,7 +39,19 @@ from .io import atomic_path, check_writable_dir
 from .progress import ProgressCallback, SubProgress
 from .runner import BONE_METHODS
 
-__all__ = ["Case", "CaseResult", "find_cases", "run_batch", "write_summary", "read_summary", "SUMMARY_FILE", "SUMMARY_COLUMNS"]
+__all__ = [
+    "Case",
+    "CaseResult",
+    "find_cases",
+    "run_batch",
+    "parse_shard",
+    "shard_summary_file",
+    "merge_shards",
+    "write_summary",
+    "read_summary",
+    "SUMMARY_FILE",
+    "SUMMARY_COLUMNS",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +163,7 @@ def run_batch(
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
     on_case: Callable[[CaseResult], None] | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> list[CaseResult]:
     """Generate the pseudo-CT of every case of ``data_dir`` into ``out_dir/<ID>/``.
 
@@ -158,9 +176,12 @@ def run_batch(
         progress: overall progress callback (each case gets an equal share).
         cancel: set it to stop after the current slice batch; the summary is written.
         on_case: called with each case's result as soon as it is known.
+        shard: ``(K, N)``: only the cases ``K-1, K-1+N, K-1+2N, ...`` of the sorted list,
+            summarised in ``out_dir/summary.shard-K-of-N.csv`` (see :func:`parse_shard`).
 
     Returns:
-        One :class:`CaseResult` per case, in case order (also in ``out_dir/summary.csv``).
+        One :class:`CaseResult` per case, in case order (also in ``out_dir/summary.csv``,
+        or the shard's summary).
 
     Raises:
         InputError: no cases, or ``data_dir`` is unusable.
@@ -172,12 +193,15 @@ def run_batch(
     if bones not in BONE_METHODS:
         raise ValueError(f"bones must be one of {BONE_METHODS}, got {bones!r}")
     modality, cases = find_cases(data_dir, modality)
+    if shard is not None:
+        index, count = _check_shard(shard)
+        cases = cases[index - 1 :: count]
     if bones == "totalsegmentator":  # fail once, before any case, rather than in every case
         from .bones.totalsegmentator import check_totalsegmentator
 
         check_totalsegmentator()
     out_dir = check_writable_dir(out_dir)
-    summary_path = out_dir / SUMMARY_FILE
+    summary_path = out_dir / (SUMMARY_FILE if shard is None else shard_summary_file(*shard))
     earlier = {row["case"]: row for row in read_summary(summary_path)} if summary_path.exists() else {}
     report = progress or (lambda fraction, stage, message="": None)
     pipeline = None
@@ -204,6 +228,67 @@ def run_batch(
         if results:
             write_summary(results, summary_path)
     return results
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"K/N"`` (1 <= K <= N, e.g. ``$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT``) as ``(K, N)``."""
+    try:
+        index, count = (int(part) for part in str(text).split("/"))
+    except ValueError:
+        raise InputError(f"--shard must be K/N with whole numbers (e.g. 3/8), got {text!r}") from None
+    return _check_shard((index, count))
+
+
+def _check_shard(shard: tuple[int, int]) -> tuple[int, int]:
+    index, count = shard
+    if not 1 <= index <= count:
+        raise InputError(f"--shard K/N needs 1 <= K <= N, got {index}/{count}")
+    return index, count
+
+
+def shard_summary_file(index: int, count: int) -> str:
+    """The name of shard ``index`` of ``count``'s summary in OUT_DIR."""
+    return f"summary.shard-{index}-of-{count}.csv"
+
+
+def merge_shards(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, modality: str | None = None) -> list[dict[str, str]]:
+    """Join the shards' summaries of ``out_dir`` into ``out_dir/summary.csv``.
+
+    Every case of ``data_dir`` must have a row in exactly one shard summary, all of one
+    shard count N; the rows come back (and are written) in case order.
+
+    Raises:
+        InputError: no shard summary, summaries of different N, a missing shard, or a
+            case of ``data_dir`` that no shard (or more than one) has processed.
+    """
+    _, cases = find_cases(data_dir, modality)
+    out_dir = Path(out_dir)
+    found = {}
+    for path in sorted(out_dir.glob("summary.shard-*-of-*.csv")):
+        parts = path.name[len("summary.shard-") : -len(".csv")].split("-of-")
+        if len(parts) == 2 and all(part.isdigit() for part in parts):
+            found[int(parts[0]), int(parts[1])] = path
+    if not found:
+        raise InputError(f"{out_dir}: no shard summaries (summary.shard-K-of-N.csv) to merge")
+    counts = sorted({count for _, count in found})
+    if len(counts) > 1:
+        raise InputError(f"{out_dir}: shard summaries of different shard counts ({', '.join(map(str, counts))}); remove the stale ones")
+    missing = [str(k) for k in range(1, counts[0] + 1) if (k, counts[0]) not in found]
+    if missing:
+        raise InputError(f"{out_dir}: shards {', '.join(missing)} of {counts[0]} have no summary yet")
+    rows: dict[str, dict[str, str]] = {}
+    for path in found.values():
+        for row in read_summary(path):
+            if row.get("case") in rows:
+                raise InputError(f"{path}: case {row['case']} is also in another shard's summary")
+            rows[row["case"]] = row
+    ids = [case.case_id for case in cases]
+    absent = [case_id for case_id in ids if case_id not in rows]
+    if absent:
+        raise InputError(f"{out_dir}: cases {', '.join(absent)} of {data_dir} are in no shard summary (a shard still running or stopped early?)")
+    merged = [rows[case_id] for case_id in ids]
+    _write_rows(merged, out_dir / SUMMARY_FILE)
+    return merged
 
 
 def _skipped(case_id: str, earlier_row: dict[str, str] | None) -> CaseResult:
@@ -298,15 +383,19 @@ def _metrics(pseudo_ct, input_image, case: Case, bone_labels=None) -> tuple[dict
 
 def write_summary(results: list[CaseResult], path: str | os.PathLike) -> Path:
     """Write the per-case rows as CSV, atomically (a reader never sees half a file)."""
+    return _write_rows([result.row() for result in results], path)
+
+
+def _write_rows(rows: list[dict[str, str]], path: str | os.PathLike) -> Path:
+    """Summary rows as CSV, atomically: the fixed columns, then the metrics present in order."""
     path = Path(path)
-    metric_names = {name for result in results for name in result.metrics}
+    metric_names = {name for row in rows for name, value in row.items() if name not in SUMMARY_COLUMNS}
     ordered = [name for name in _METRIC_ORDER if name in metric_names] + sorted(metric_names - set(_METRIC_ORDER))
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="", encoding="utf-8") as stream:
-            writer = csv.DictWriter(stream, fieldnames=[*SUMMARY_COLUMNS, *ordered])
+            writer = csv.DictWriter(stream, fieldnames=[*SUMMARY_COLUMNS, *ordered], restval="")
             writer.writeheader()
-            for result in results:
-                writer.writerow(result.row())
+            writer.writerows(rows)
     return path
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from RegisterByGenerationLib.batch import AUTOMATIC_MASK, SUMMARY_COLUMNS, CaseResult, find_cases, read_summary, run_batch, write_summary
+from RegisterByGenerationLib.batch import AUTOMATIC_MASK, SUMMARY_COLUMNS, CaseResult, find_cases, parse_shard, read_summary, run_batch, write_summary
 from RegisterByGenerationLib.cli import main
 from RegisterByGenerationLib.errors import InputError, ModelError
 
@@ -146,3 +146,35 @@ def test_summary_round_trip_and_odd_values(tmp_path):
     assert rows[0]["bone_hd95"] == "inf" and rows[0]["seconds"] == "1.23"
     assert rows[1]["error"] == "y: broken, really" and rows[1]["mae"] == ""
     assert [p.name for p in tmp_path.iterdir()] == ["summary.csv"]  # no temporary file left
+
+
+def test_shards_split_the_cases_and_merge_into_one_summary(data_dir, tiny_mr_model, tmp_path, capsys):
+    out = tmp_path / "out"
+    common = ["--model", str(tiny_mr_model), "--device", "cpu", "--no-prealign", "--bones", "none", "--progress", "none"]
+    cases = [c.case_id for c in find_cases(data_dir)[1]]  # two good cases, then zz-broken
+    assert main(["batch", str(data_dir), "-o", str(out), "--merge-shards"]) == InputError.exit_code  # nothing yet
+    assert "no shard summaries" in capsys.readouterr().err
+    assert main(["batch", str(data_dir), "-o", str(out), "--shard", "2/2", *common]) == 0  # the second good case only
+    assert list(_rows(out / "summary.shard-2-of-2.csv")) == [cases[1]]
+    assert main(["batch", str(data_dir), "-o", str(out), "--merge-shards"]) == InputError.exit_code
+    assert "shards 1 of 2 have no summary yet" in capsys.readouterr().err
+    assert main(["batch", str(data_dir), "-o", str(out), "--shard", "1/2", *common]) == 1  # first good case and zz-broken
+    assert list(_rows(out / "summary.shard-1-of-2.csv")) == [cases[0], cases[2]]
+    assert not (out / "summary.csv").exists()
+    capsys.readouterr()
+    assert main(["batch", str(data_dir), "-o", str(out), "--merge-shards"]) == 1  # zz-broken failed
+    assert "3 cases merged" in capsys.readouterr().err
+    merged = _rows(out / "summary.csv")
+    assert list(merged) == cases and [row["status"] for row in merged.values()] == ["done", "done", "failed"]
+    assert merged[cases[0]]["mae"] != "" and merged[cases[1]]["mae"] != ""
+    assert list(next(iter(merged.values())))[: len(SUMMARY_COLUMNS)] == list(SUMMARY_COLUMNS)
+
+    (out / "summary.shard-1-of-3.csv").write_text("case,status\n")
+    assert main(["batch", str(data_dir), "-o", str(out), "--merge-shards"]) == InputError.exit_code
+    assert "different shard counts (2, 3)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text", ["0/2", "3/2", "1", "a/b", "1/2/3"])
+def test_shard_must_be_k_of_n(text):
+    with pytest.raises(InputError, match="--shard"):
+        parse_shard(text)

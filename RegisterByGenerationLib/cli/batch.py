@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from ..errors import InputError
 from .options import add_compute_arguments, compute_options
 
 __all__ = ["add_parser", "run"]
@@ -20,7 +21,8 @@ def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
             "into OUT_DIR/<ID>/, loading the model once. Cases whose OUT_DIR/<ID>/pseudo_ct.nii.gz exists "
             "are skipped (resume); a failing case is recorded and the batch goes on. OUT_DIR/summary.csv "
             "lists each case's status, seconds, error and metrics (with truth when <ID>/ct_aligned.nii.gz "
-            "exists). Exit status 0 when no case failed, 1 otherwise."
+            "exists). Exit status 0 when no case failed, 1 otherwise. On a cluster, --shard K/N runs one of N "
+            "array-job workers on the same folders; --merge-shards joins their summaries afterwards."
         ),
     )
     parser.add_argument("data_dir", metavar="DATA_DIR", help="folder of case folders")
@@ -31,12 +33,25 @@ def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
     parser.add_argument("--bones", choices=("auto", "totalsegmentator", "threshold", "none"), default="auto", help="bone segmentation of each pseudo-CT (default: auto)")
     parser.add_argument("--no-prealign", dest="prealign", action="store_false", help="skip the rigid pre-alignment of the reference CTs")
     parser.add_argument("--progress", choices=("auto", "bar", "json", "none"), default="auto", help="progress display (json: one object per line on stdout)")
+    parser.add_argument("--shard", metavar="K/N", help="process only every N-th case from the K-th (sorted by name; 1 <= K <= N), e.g. "
+                        "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT; writes OUT_DIR/summary.shard-K-of-N.csv")  # fmt: skip
+    parser.add_argument("--merge-shards", action="store_true", help="instead: join OUT_DIR's shard summaries into OUT_DIR/summary.csv, "
+                        "checking that every case of DATA_DIR is in exactly one")  # fmt: skip
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..batch import SUMMARY_FILE, run_batch
+    from ..batch import SUMMARY_FILE, merge_shards, parse_shard, run_batch, shard_summary_file
     from ..progress import make_progress
+
+    if args.merge_shards:
+        if args.shard:
+            raise InputError("--merge-shards joins the shards' summaries; it takes no --shard")
+        rows = merge_shards(args.data_dir, args.output, modality=args.modality)
+        failed = [row["case"] for row in rows if row["status"] == "failed"]
+        print(f"{len(rows)} cases merged into {args.output}/{SUMMARY_FILE}; {len(failed)} failed" + (f" ({', '.join(failed)})" if failed else ""), file=sys.stderr)
+        return 1 if failed else 0
+    shard = parse_shard(args.shard) if args.shard else None
 
     progress = make_progress(args.progress)
 
@@ -60,12 +75,13 @@ def run(args: argparse.Namespace) -> int:
             bones=args.bones,
             progress=progress,
             on_case=report,
+            shard=shard,
         )
     finally:
         if progress is not None:
             progress.close()
     counts = {status: sum(r.status == status for r in results) for status in ("done", "skipped", "failed")}
-    summary = f"{args.output}/{SUMMARY_FILE}"
+    summary = f"{args.output}/{SUMMARY_FILE if shard is None else shard_summary_file(*shard)}"
     if args.progress == "json":
         print(json.dumps({"fraction": 1.0, "stage": "finished", "message": "batch done", "result": {"summary": summary, **counts}}), flush=True)
     else:
