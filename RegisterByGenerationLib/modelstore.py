@@ -84,6 +84,12 @@ class ModelInfo:
         return self.metadata.get("pseudo_ct_output", "stage2")
 
     @property
+    def test_time_flip(self) -> bool:
+        """Average Stage 1 with its left-right mirror (``ŷ = ½(S(x, y) + M S(Mx, My))``):
+        a card option for Stage-1-output models trained with left-right flips."""
+        return bool(self.metadata.get("test_time_flip", False))
+
+    @property
     def valid_input_spacing(self) -> dict[str, tuple[float, float]]:
         """Input spacings (mm) the model was validated on: ``{"in_plane": (lo, hi),
         "slice": (lo, hi)}``, either absent when the card does not say."""
@@ -120,6 +126,10 @@ class ModelInfo:
             raise ModelError(f"{card}: modality {metadata['modality']!r} is not one of {MODALITIES}")
         if metadata.get("pseudo_ct_output", "stage2") not in ("stage1", "stage2"):
             raise ModelError(f"{card}: pseudo_ct_output must be 'stage1' or 'stage2', got {metadata['pseudo_ct_output']!r}")
+        if metadata.get("test_time_flip", False) not in (True, False):
+            raise ModelError(f"{card}: test_time_flip must be true or false, got {metadata['test_time_flip']!r}")
+        if metadata.get("test_time_flip") and metadata.get("pseudo_ct_output", "stage2") != "stage1":
+            raise ModelError(f"{card}: test_time_flip averages Stage 1 only; it needs pseudo_ct_output 'stage1'")
         return cls(path=path, metadata=metadata)
 
     def summary(self) -> dict[str, Any]:
@@ -131,6 +141,7 @@ class ModelInfo:
             "version": self.metadata.get("version", ""),
             "stage1": self.metadata["architecture"].get("stage1", {}).get("kind", ""),
             "pseudo_ct_output": self.pseudo_ct_output,
+            "test_time_flip": self.test_time_flip,
             "sha256": self.sha256,
             "description": self.metadata.get("description", ""),
         }

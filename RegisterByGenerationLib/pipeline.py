@@ -331,6 +331,8 @@ class Pipeline:
                     produced = self.model(x_t, y_t)
                 else:  # the card's pseudo-CT is Stage 1's: Stage 2 is not run
                     y_hat = self.model.stage1(x_t, y_t)
+                    if self.info.test_time_flip:  # the mirrored slice (W is left-right) as a second opinion
+                        y_hat = 0.5 * (y_hat + self.model.stage1(x_t.flip(-1), y_t.flip(-1)).flip(-1))
                     produced = {"stage1": y_hat, "output": y_hat}
                     if need_flow:
                         produced["flow"] = self.model.registration(fixed=y_hat, moving=y_t)

@@ -134,6 +134,27 @@ def test_a_stage1_output_model_returns_stage1_and_never_runs_stage2(tmp_path, ca
     assert result.flow_magnitude is not None
 
 
+def test_test_time_flip_averages_stage1_with_its_mirror(tmp_path):
+    import torch
+
+    model = make_tiny_model(tmp_path / "flip", pseudo_ct_output="stage1", test_time_flip=True).path
+    pipeline = Pipeline(model, device="cpu", prealign=False, precision="float32")
+    assert pipeline.info.test_time_flip and pipeline.info.summary()["test_time_flip"] is True
+    rng = np.random.default_rng(0)
+    x, y = (rng.normal(size=(2, 32, 48)).astype(np.float32) for _ in range(2))
+    out = pipeline._forward(x, y, need_flow=False)["output"]
+    with torch.inference_mode():
+        tx, ty = torch.from_numpy(x[:, None]), torch.from_numpy(y[:, None])
+        plain = pipeline.model.stage1(tx, ty)[:, 0].numpy()
+        mirrored = pipeline.model.stage1(tx.flip(-1), ty.flip(-1)).flip(-1)[:, 0].numpy()
+    np.testing.assert_allclose(out, 0.5 * (plain + mirrored), rtol=0, atol=1e-6)
+    assert np.abs(out - plain).max() > 1e-3  # the mirror did change something
+    with pytest.raises(ModelError, match="test_time_flip averages Stage 1 only"):
+        Pipeline(make_tiny_model(tmp_path / "s2", test_time_flip=True).path, device="cpu")
+    with pytest.raises(ModelError, match="test_time_flip must be true or false"):
+        Pipeline(make_tiny_model(tmp_path / "bad", pseudo_ct_output="stage1", test_time_flip="yes").path, device="cpu")
+
+
 def test_spacing_outside_the_cards_range_is_a_warning_of_the_result(tmp_path, case):
     model = make_tiny_model(tmp_path / "ranged", valid_input_spacing_mm={"in_plane": [0.5, 1.0], "slice": [0.5, 50.0]}).path
     result = Pipeline(model, device="cpu", prealign=False).run(case.input, case.reference_ct)

@@ -482,3 +482,8 @@ def test_a_stage1_only_run_exports_a_stage1_model(trained_run, tmp_path):
         assert torch.equal(value, expected[f"stage1.{key}"])
     with pytest.raises(InputError):
         export_run(stage1_run, tmp_path / "model2", name="s2")  # Stage 2 was never trained
+    assert not info.test_time_flip
+    flipped = export_run(stage1_run, tmp_path / "model3", name="s1f", pseudo_ct_output="stage1", test_time_flip=True)
+    assert flipped.test_time_flip and json.loads((tmp_path / "model3" / "model.json").read_text())["test_time_flip"] is True
+    with pytest.raises(InputError, match="test_time_flip averages Stage 1 only"):
+        export_run(run, tmp_path / "model4", name="s2f", test_time_flip=True)

@@ -159,6 +159,7 @@ def export_run(
     evaluation: dict[str, Any] | None = None,
     pseudo_ct_output: str = "stage2",
     valid_input_spacing_mm: dict[str, list[float]] | None = None,
+    test_time_flip: bool = False,
 ) -> ModelInfo:
     """Write the run's Stage 2 checkpoint (Stage 1's for ``pseudo_ct_output="stage1"``)
     as a model directory.
@@ -177,6 +178,9 @@ def export_run(
             showed Stage 1 alone is better (Stage 2 is then not run; the card says so).
         valid_input_spacing_mm: ``{"in_plane": [lo, hi], "slice": [lo, hi]}`` (mm) the
             model was validated on; the pipeline warns outside it.
+        test_time_flip: the card asks the pipeline to average Stage 1 with its
+            left-right mirror (``pseudo_ct_output="stage1"`` only; the training's flip
+            augmentation makes the mirror a case like the others).
 
     Returns:
         The written model's :class:`~RegisterByGenerationLib.modelstore.ModelInfo`.
@@ -187,6 +191,8 @@ def export_run(
     """
     if pseudo_ct_output not in ("stage1", "stage2"):
         raise InputError(f"pseudo_ct_output must be 'stage1' or 'stage2', got {pseudo_ct_output!r}")
+    if test_time_flip and pseudo_ct_output != "stage1":
+        raise InputError("test_time_flip averages Stage 1 only; export with pseudo_ct_output 'stage1'")
     if checkpoint not in ("best", "last"):
         raise InputError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
     if not name or any(c in name for c in "/\\") or name.startswith("."):
@@ -217,6 +223,8 @@ def export_run(
     }
     if valid_input_spacing_mm is not None:
         metadata["valid_input_spacing_mm"] = valid_input_spacing_mm
+    if test_time_flip:
+        metadata["test_time_flip"] = True
     if config.pixel_spacing_mm is None:
         trained = card["data"].get("input_pixel_spacing_mm")
         if trained is None:
