@@ -419,13 +419,13 @@ def write_results(rows: list[dict[str, Any]], out_dir: str | os.PathLike) -> Non
     """Write ``results.csv`` and ``results.md`` atomically into ``out_dir`` (created)."""
     out = check_writable_dir(out_dir)
     with atomic_path(out / "results.csv") as tmp:
-        with open(tmp, "w", newline="") as handle:
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
             writer.writeheader()
             for row in rows:
                 writer.writerow({key: _format(row.get(key, "")) for key in COLUMNS})
     with atomic_path(out / "results.md") as tmp:
-        tmp.write_text(markdown_tables(rows))
+        tmp.write_text(markdown_tables(rows), encoding="utf-8")
 
 
 def read_results(paths: list[str | os.PathLike]) -> list[dict[str, Any]]:
@@ -437,7 +437,7 @@ def read_results(paths: list[str | os.PathLike]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for path in paths:
         try:
-            with open(path, newline="") as handle:
+            with open(path, newline="", encoding="utf-8") as handle:
                 reader = csv.DictReader(handle)
                 if tuple(reader.fieldnames or ()) != COLUMNS:
                     raise InputError(f"{path}: not a results.csv of rbg benchmark (columns differ)")

@@ -228,5 +228,5 @@ def write_real_case(case: RealCase, out_dir: str | os.PathLike) -> Path:
     write_image(case.ct_aligned, folder / "ct_aligned.nii.gz")
     write_image(case.mask, folder / "mask.nii.gz")
     with atomic_path(folder / "case.json") as tmp:
-        tmp.write_text(json.dumps(case.parameters, indent=2) + "\n")
+        tmp.write_text(json.dumps(case.parameters, indent=2) + "\n", encoding="utf-8")
     return folder

@@ -74,7 +74,7 @@ def test_end_to_end_rigid_stage1_rbg(data_dir, tiny_mr_model, tmp_path, capsys):
     assert rows["stage1"]["wall_s"] == rows["rbg"]["wall_s"] and "timed together" in rows["stage1"]["note"]
     assert rows["refined"]["wall_s"] != rows["rbg"]["wall_s"]  # its own pipeline run, with the demons refinement
     assert rows["registformer"]["note"].startswith("skipped") and rows["registformer"]["mae"] == ""
-    table = (out / "results.md").read_text()
+    table = (out / "results.md").read_text(encoding="utf-8")
     assert "| rigid | 1 |" in table and "| rbg | 1 |" in table and "### Every case" in table
     assert (out / "figure.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -156,7 +156,7 @@ def test_merge_two_runs(tmp_path, capsys):
     assert cli.main(["benchmark", "--merge", str(tmp_path / "a" / "results.csv"), str(tmp_path / "b" / "results.csv"), "-o", str(tmp_path / "m")]) == 0
     rows = benchmark.read_results([tmp_path / "m" / "results.csv"])
     assert [(r["method"], r.get("mae")) for r in rows] == [("rigid", 1.0), ("rbg", 0.5), ("registformer", None)]
-    assert "| rbg | 1 | 0.5 ± 0.0 |" in (tmp_path / "m" / "results.md").read_text()
+    assert "| rbg | 1 | 0.5 ± 0.0 |" in (tmp_path / "m" / "results.md").read_text(encoding="utf-8")
     with pytest.raises(InputError, match="not a results.csv"):
         benchmark.read_results([tmp_path / "m" / "results.md"])
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import locale
 import logging
 from pathlib import Path
 
@@ -154,7 +155,12 @@ def test_real_ct_round_trip(real_ct, tmp_path):
 
 
 def write_dicom_series(image: sitk.Image, folder: Path, series_uid: str) -> None:
-    """One file per slice, with the position/orientation tags a scanner writes."""
+    """One file per slice, with the position/orientation tags a scanner writes.
+
+    GDCM's writer resets the C library's LC_CTYPE to "C", which makes Python's default
+    text encoding ASCII for the rest of the process; the locale is restored after it.
+    """
+    kept = locale.setlocale(locale.LC_CTYPE)
     folder.mkdir(exist_ok=True)
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
@@ -177,6 +183,7 @@ def write_dicom_series(image: sitk.Image, folder: Path, series_uid: str) -> None
             slice_image.SetMetaData(tag, value)
         writer.SetFileName(str(folder / f"{series_uid}_{z:03d}.dcm"))
         writer.Execute(slice_image)
+    locale.setlocale(locale.LC_CTYPE, kept)
 
 
 def test_dicom_series_folder(tmp_path, caplog):
@@ -186,10 +193,12 @@ def test_dicom_series_folder(tmp_path, caplog):
     folder = tmp_path / "dicom"
     write_dicom_series(image, folder, "1.2.826.0.1.3680043.2.1125.10")
     write_dicom_series(make_volume(size=(16, 12, 3), dtype=np.int16), folder, "1.2.826.0.1.3680043.2.1125.20")
+    kept = locale.setlocale(locale.LC_CTYPE)
     with caplog.at_level(logging.WARNING, logger="RegisterByGenerationLib.io"):
         back = read_image(folder)
     assert "1.2.826.0.1.3680043.2.1125.10" in caplog.text and "1.2.826.0.1.3680043.2.1125.20" in caplog.text
     assert back.GetSize() == image.GetSize()
+    assert locale.setlocale(locale.LC_CTYPE) == kept  # reading DICOM leaves the locale alone
     assert same_geometry(back, image, tolerance=1e-4)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(image))
 

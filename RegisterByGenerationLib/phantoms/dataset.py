@@ -400,7 +400,7 @@ def write_case(case: PhantomCase, out_dir: str | os.PathLike) -> Path:
     write_image(case.ct_aligned, folder / "ct_aligned.nii.gz")
     write_image(case.bones, folder / "bones.nii.gz")
     with atomic_path(folder / "phantom.json") as tmp:
-        tmp.write_text(json.dumps(case.truth, indent=2) + "\n")
+        tmp.write_text(json.dumps(case.truth, indent=2) + "\n", encoding="utf-8")
     return folder
 
 
