@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 import slicerio
 
-from RegisterByGenerationLib.bone_labels import BONE_COLORS, BONE_LABELS, label_of
+from RegisterByGenerationLib.bone_labels import BONE_COLORS, BONE_LABELS, GENERIC_BONE, PELVIC_LABELS, label_of
 from RegisterByGenerationLib.bones import BoneResult, segment_bones, threshold_bones, write_bone_outputs
 from RegisterByGenerationLib.bones import totalsegmentator as ts
 from RegisterByGenerationLib.errors import ModelError
@@ -45,7 +45,7 @@ def test_threshold_bones_matches_phantom_truth(phantom, phantom_labels):
     assert labels.GetSize() == phantom.ct_aligned.GetSize()
     assert labels.GetDirection() == phantom.ct_aligned.GetDirection()
     predicted, truth = sitk.GetArrayFromImage(labels), sitk.GetArrayFromImage(phantom.bones)
-    scores = {name: dice(predicted, truth, label=value) for value, name in BONE_LABELS.items()}
+    scores = {name: dice(predicted, truth, label=value) for value, name in PELVIC_LABELS.items()}
     scores["overall"] = dice(predicted, truth)
     print("threshold bones Dice on phantom seed 2:", {k: round(v, 3) for k, v in scores.items()})
     for name, floor in PHANTOM_FLOORS.items():
@@ -75,7 +75,7 @@ def test_threshold_bones_real_ct_gives_plausible_labels(real_ct):
         assert volumes[f"hip_{side}"] > 150, volumes
         assert volumes[f"femur_{side}"] > 20, volumes
     assert volumes["sacrum"] > 50 and volumes["vertebrae_L5"] > 20, volumes
-    centre = {name: _centroid_mm(result.labels, value) for value, name in BONE_LABELS.items()}
+    centre = {name: _centroid_mm(result.labels, value) for value, name in PELVIC_LABELS.items()}
     midline = result.details["midline_x_mm"]
     assert centre["hip_left"][0] > midline > centre["hip_right"][0]
     assert centre["femur_left"][0] > midline > centre["femur_right"][0]
@@ -85,11 +85,28 @@ def test_threshold_bones_real_ct_gives_plausible_labels(real_ct):
     assert centre["vertebrae_L5"][2] > centre["sacrum"][2]
 
 
+def test_threshold_bones_name_no_pelvic_bone_above_the_pelvis(real_ct):
+    # The real CT's abdominal slices: the top 40 % of its 336 mm, above the iliac crest.
+    full = segment_bones(real_ct, "threshold")
+    axial = sitk.DICOMOrient(full.labels, "LPS")
+    z_mm = np.array([axial.TransformIndexToPhysicalPoint((0, 0, k))[2] for k in range(axial.GetSize()[2])])
+    above = z_mm > full.details["iliac_crest_z_mm"] + 40.0
+    labels = sitk.GetArrayFromImage(axial)[above]
+    assert not np.isin(labels, [label_of(n) for n in ("hip_left", "hip_right", "femur_left", "femur_right")]).any()
+    assert (labels == GENERIC_BONE).sum() * np.prod(axial.GetSpacing()) / 1000 > 20  # lumbar spine and ribs: generic bone
+    # An abdomen alone (no femoral head in view): every bone voxel is generic, no pelvic name invented.
+    abdomen_only = sitk.DICOMOrient(real_ct, "LPS")[:, :, int(np.argmax(above)) :]
+    result = segment_bones(abdomen_only, "threshold")
+    values = set(np.unique(sitk.GetArrayFromImage(result.labels)).tolist())
+    assert values == {0, GENERIC_BONE}, values
+    assert result.details["missing"] == list(PELVIC_LABELS.values()) and result.details["generic_bone_ml"] > 20
+
+
 def test_threshold_bones_without_bone_labels_nothing():
     image = sitk.Image([24, 20, 10], sitk.sitkFloat32) + 40.0  # soft tissue only
     labels, info = threshold_bones(image)
     assert not sitk.GetArrayViewFromImage(labels).any()
-    assert info["missing"] == list(BONE_LABELS.values())
+    assert info["missing"] == list(PELVIC_LABELS.values())
 
 
 # --- method choice ------------------------------------------------------------------
@@ -137,7 +154,7 @@ def test_totalsegmentator_label_map_uses_total_task_ids():
     ts_ids = np.array([0, 25, 27, 75, 76, 77, 78, 1, 28, 117])
     expected = [0, label_of("sacrum"), label_of("vertebrae_L5"), label_of("femur_left"), label_of("femur_right"), label_of("hip_left"), label_of("hip_right"), 0, 0, 0]
     assert ts.map_totalsegmentator_labels(ts_ids).tolist() == expected
-    assert set(ts.TOTAL_TASK_CLASS_IDS) == set(BONE_LABELS.values())
+    assert set(ts.TOTAL_TASK_CLASS_IDS) == set(PELVIC_LABELS.values()) == set(ts.ROI_SUBSET)
 
 
 def test_weights_dir_follows_totalsegmentator_environment(monkeypatch, tmp_path):
@@ -217,6 +234,7 @@ def test_bone_outputs_read_back_with_slicerio(tmp_path):
         "femur_right": ("71341001", "24028007"),
         "sacrum": ("54735007", None),
         "vertebrae_L5": ("49668003", None),
+        "bone": ("272673000", None),
     }
     for value, name in BONE_LABELS.items():
         segment = slicerio.segment_from_name(segmentation, name)

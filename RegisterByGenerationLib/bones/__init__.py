@@ -53,7 +53,7 @@ class BoneResult:
         method: the method that ran, ``"totalsegmentator"`` or ``"threshold"``.
         note: why ``auto`` fell back to the threshold method (empty otherwise).
         details: what the method found (threshold: landmarks in mm, missing bones,
-            unassigned bone in ml).
+            bone labelled generic in ml).
     """
 
     labels: sitk.Image

@@ -18,6 +18,7 @@ hip_left/right     29836001 Hip                  7771000 Left / 24028007 Right
 femur_left/right   71341001 Femur                7771000 Left / 24028007 Right
 sacrum             54735007 Sacrum
 vertebrae_L5       49668003 L5 vertebra
+bone (generic)     272673000 Bone
 =================  ============================  =======================
 
 all in category 123037004 "Anatomical Structure". (24136001 is "Hip joint" in the DICOM
@@ -67,6 +68,7 @@ BONE_TERMINOLOGY: dict[str, tuple[list[str], list[str] | None]] = {
     "femur_right": (_FEMUR, _RIGHT),
     "sacrum": (["SCT", "54735007", "Sacrum"], None),
     "vertebrae_L5": (["SCT", "49668003", "L5 vertebra"], None),
+    "bone": (["SCT", "272673000", "Bone"], None),  # bone the threshold method does not name
 }
 
 

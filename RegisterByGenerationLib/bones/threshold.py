@@ -19,7 +19,7 @@ LPS coordinates, so flipped or permuted directions give the same anatomy):
    greater trochanter (lateral to and below the head) and the shaft far below; the iliac
    body and wing above the acetabulum, and the pubis and ischium medial to and below the
    head; the sacrum in the posterior midline below the L5/S1 disc, L5 between the L5/S1
-   and L4/L5 discs, and the vertebrae above as "other bone" (label 0 in the result).
+   and L4/L5 discs, and the vertebrae above as "other bone".
 4. **Marker watershed** (:func:`skimage.segmentation.watershed`) of the bone mask on the
    negated, lightly smoothed HU: each voxel joins the seed it reaches along the densest
    path, so neighbouring bones meet where bone is least dense: joint spaces, discs.
@@ -35,9 +35,11 @@ femoral head from the acetabulum where the joint space is not resolved (coarse v
 thin cartilage); count vertebrae (L5 is "the vertebra above the disc 3/4 of the way from
 the femoral heads to the iliac crest": wrong for transitional anatomy, and where the
 discs do not show, e.g. in osteoporotic bone at 3 mm, L5 is missed or misplaced by one
-level); work without both femoral heads' region in the field of view (no head found:
-nothing is labelled). Upper vertebrae and ribs stay 0; bone found but not assigned is
-reported as ``unassigned_ml``. Memory: about six float32 copies of the volume.
+level); name bones without the femoral heads' region in the field of view. What it
+cannot name it does not guess: upper vertebrae, ribs, bone no seed reaches, and every
+bone of a volume without a femoral head (an abdomen) get the single generic label
+:data:`~RegisterByGenerationLib.bone_labels.GENERIC_BONE` ("bone"), its volume
+reported as ``generic_bone_ml``. Memory: about six float32 copies of the volume.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 from skimage.segmentation import watershed
 
-from ..bone_labels import BONE_LABELS, label_of
+from ..bone_labels import GENERIC_BONE, PELVIC_LABELS, label_of
 from ..geometry import from_axial, to_axial
 from ..mask import body_mask
 
@@ -135,8 +137,8 @@ def threshold_bones(ct: sitk.Image, settings: ThresholdSettings | None = None) -
 
     Returns:
         ``(labels, info)``: a uint8 label map with :data:`BONE_LABELS` values on ``ct``'s
-        grid, and a dict of what was found (landmarks in mm, missing bones, bone volume
-        left unassigned in ml) for the report.
+        grid, and a dict of what was found (landmarks in mm, missing pelvic bones, bone
+        labelled generic in ml) for the report.
 
     Raises:
         ValueError: ``ct`` is not 3D.
@@ -160,8 +162,9 @@ def threshold_bones(ct: sitk.Image, settings: ThresholdSettings | None = None) -
             elevation = -np.clip(hu, settings.threshold_hu - 200.0, 2000.0)
             grown = watershed(elevation, markers=seeds.astype(np.int32), mask=bone)
             labels = np.where(grown == _OTHER, 0, grown).astype(np.uint8)
-    info["missing"] = [name for value, name in BONE_LABELS.items() if not (labels == value).any()]
-    info["unassigned_ml"] = float((bone & (labels == 0)).sum() * voxel_mm3 / 1000)
+        labels[bone & (labels == 0)] = GENERIC_BONE  # named by no seed: bone, but not a pelvic one we can tell
+    info["missing"] = [name for value, name in PELVIC_LABELS.items() if not (labels == value).any()]
+    info["generic_bone_ml"] = float((labels == GENERIC_BONE).sum() * voxel_mm3 / 1000)
     result = sitk.GetImageFromArray(labels)
     result.CopyInformation(axial)
     return from_axial(result, ct), info
@@ -225,7 +228,7 @@ def _seeds(bone: np.ndarray, raw: np.ndarray, frame: _Frame, settings: Threshold
         midline = float(np.mean([centre[0] for centre, _ in heads.values()]))
     info["midline_x_mm"] = round(midline, 1)
     if not heads:
-        logger.info("no femoral head found: pelvic landmarks unavailable, no bone labelled")
+        logger.info("no femoral head found: pelvic landmarks unavailable, all bone labelled generic")
         return seeds
 
     y, z = frame.coordinate(1), frame.coordinate(2)

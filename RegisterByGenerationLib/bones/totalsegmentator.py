@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from ..bone_labels import BONE_LABELS
+from ..bone_labels import BONE_LABELS, PELVIC_LABELS
 from ..errors import ModelError
 
 __all__ = [
@@ -72,8 +72,8 @@ TOTAL_TASK_CLASS_IDS: dict[str, int] = {
     "hip_right": 78,
 }
 
-#: ``roi_subset`` passed to TotalSegmentator: the classes of :data:`BONE_LABELS`.
-ROI_SUBSET: list[str] = list(BONE_LABELS.values())
+#: ``roi_subset`` passed to TotalSegmentator: the pelvic classes of :data:`BONE_LABELS`.
+ROI_SUBSET: list[str] = list(PELVIC_LABELS.values())
 
 # nnU-Net result folders that ``totalsegmentator(task="total", roi_subset=...)`` loads
 # (map_tasks_config.TASK_ID_WEIGHTS_CONFIGS of 2.18.0); 298 is the 6 mm cropping model.
@@ -216,7 +216,7 @@ def map_totalsegmentator_labels(ts_labels: np.ndarray) -> np.ndarray:
     """
     ts_labels = np.asarray(ts_labels)
     lookup = np.zeros(max(TOTAL_TASK_CLASS_IDS.values()) + 1, dtype=np.uint8)
-    for value, name in BONE_LABELS.items():
+    for value, name in PELVIC_LABELS.items():
         lookup[TOTAL_TASK_CLASS_IDS[name]] = value
     inside = (ts_labels >= 0) & (ts_labels < lookup.size)
     out = np.zeros(ts_labels.shape, dtype=np.uint8)
