@@ -66,7 +66,7 @@ def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
     export.add_argument("--valid-input-spacing", nargs=4, type=float, metavar=("IN_LO", "IN_HI", "SLICE_LO", "SLICE_HI"),
                         help="in-plane and slice spacings (mm) the model was validated on; runs outside them warn in report.json")  # fmt: skip
     export.add_argument("--test-time-flip", action="store_true",
-                        help="with --pseudo-ct-output stage1: the pipeline averages Stage 1 with its left-right mirror (about 1.6x the generation time)")  # fmt: skip
+                        help="with --pseudo-ct-output stage1: the pipeline averages Stage 1 with its left-right mirror (Stage 1 runs twice per slice)")  # fmt: skip
     return parser
 
 
