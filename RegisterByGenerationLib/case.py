@@ -137,7 +137,7 @@ def process_case(
             os.replace(staged[name], final[name])
             moved.append(final[name])
     except BaseException as error:
-        for path in moved:  # an earlier run's files of these names are gone already; ours go too
+        for path in moved:  # half a set of outputs is worse than none
             path.unlink(missing_ok=True)
         shutil.rmtree(staging, ignore_errors=True)
         remove_empty_folders(created)
