@@ -10,7 +10,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from RegisterByGenerationLib.bone_labels import BONE_COLORS, BONE_LABELS, label_of
+from RegisterByGenerationLib.bone_labels import BONE_COLORS, BONE_LABELS, GENERIC_BONE, PELVIC_LABELS, label_of
 from RegisterByGenerationLib.cli import main
 from RegisterByGenerationLib.errors import InputError
 from RegisterByGenerationLib.io import read_image, same_geometry
@@ -47,7 +47,8 @@ def oblique_case():
 
 def test_bone_label_table_follows_totalsegmentator_names():
     names = ("hip_left", "hip_right", "femur_left", "femur_right", "sacrum", "vertebrae_L5")
-    assert BONE_LABELS == dict(enumerate(names, start=1))
+    assert PELVIC_LABELS == dict(enumerate(names, start=1))
+    assert BONE_LABELS == {**PELVIC_LABELS, GENERIC_BONE: "bone"}  # the threshold method's unnamed bone
     assert set(BONE_COLORS) == set(BONE_LABELS)
     assert all(len(c) == 3 and all(0 <= v <= 1 for v in c) for c in BONE_COLORS.values())
     assert len(set(BONE_COLORS.values())) == len(BONE_COLORS)
@@ -134,7 +135,7 @@ def test_body_fits_in_both_fields_of_view(seed, oblique):
 
 def test_bone_labels_sit_on_bone_and_mask_covers_body(mr_case):
     ct, bones, mask = array(mr_case.ct_aligned).astype(float), array(mr_case.bones), array(mr_case.mask)
-    assert set(np.unique(bones)) == {0, *BONE_LABELS}
+    assert set(np.unique(bones)) == {0, *PELVIC_LABELS}  # phantoms name every bone they draw
     labelled = bones > 0
     assert np.mean(ct[labelled] > 100) > 0.97
     assert np.mean(labelled[ct > 1000]) > 0.97  # dense bone is labelled
