@@ -14,6 +14,7 @@ from RegisterByGenerationLib.losses import (
     PatchDiscriminator,
     PatchNCELoss,
     PatchProjection,
+    SoftBoneDiceLoss,
     VGG19Features,
     contextual_similarity,
     registration_loss,
@@ -232,3 +233,32 @@ def test_random_vgg_tells_flat_intensities_apart():
     net = VGG19Features(("conv1_2",), seed=0)
     air, soft_tissue = (net(torch.full((1, 1, 16, 16), value))[0][0, :, 8, 8] for value in (-0.9, -0.5))
     assert torch.nn.functional.cosine_similarity(air, soft_tissue, dim=0).item() < 0.97
+
+
+# --------------------------------------------------------------------------- soft bone Dice
+
+
+def test_soft_bone_dice_is_the_naive_formula_and_tends_to_the_hard_dice():
+    """1 − 2 Σ p t / (Σ p + Σ t) with p = σ((ŷ − t) / s) over the whole batch; as s → 0
+    it becomes 1 − Dice of the thresholded masks, which the benchmark reports."""
+    torch.manual_seed(0)
+    output, target = torch.rand(3, 1, 16, 16) * 2 - 1, torch.rand(3, 1, 16, 16) * 2 - 1
+    loss = SoftBoneDiceLoss(threshold=0.2, softness=0.05)
+    p, t = torch.sigmoid((output - 0.2) / 0.05), (target > 0.2).float()
+    naive = 1 - (2 * (p * t).sum() + 1e-5) / (p.sum() + t.sum() + 1e-5)
+    assert float(loss(output, target)) == pytest.approx(float(naive), rel=1e-5)
+    hard_p = output > 0.2
+    hard = 1 - 2 * float((hard_p & (target > 0.2)).sum()) / float(hard_p.sum() + (target > 0.2).sum())
+    assert float(SoftBoneDiceLoss(0.2, 1e-6)(output, target)) == pytest.approx(hard, abs=1e-4)
+    assert float(loss(target, target)) < float(loss(output, target))
+
+
+def test_soft_bone_dice_pushes_missed_bone_up_and_false_bone_down():
+    target = torch.full((1, 1, 4, 4), -1.0)
+    target[..., :2, :] = 0.5  # bone in the top half
+    output = torch.full((1, 1, 4, 4), 0.19, requires_grad=True)  # just below the threshold everywhere
+    SoftBoneDiceLoss(threshold=0.2, softness=0.05)(output, target).backward()
+    assert (output.grad[..., :2, :] < 0).all() and (output.grad[..., 2:, :] > 0).all()
+    with pytest.raises(ValueError, match="softness must be positive"):
+        SoftBoneDiceLoss(0.2, 0.0)
+

@@ -219,6 +219,65 @@ def test_pixel_term_is_l1_against_a_reference_the_network_was_not_fed(cases, pha
             assert losses["pixel"] == 0
 
 
+@pytest.mark.parametrize("phase", ["stage1", "stage2"])
+def test_bone_term_is_soft_dice_at_the_benchmark_threshold_against_the_pixel_target(cases, phase):
+    """The optional bone term: :class:`SoftBoneDiceLoss` at ``bone_threshold_hu`` mapped
+    through the reference's HU window, against what the pixel term compares with; 0 in
+    every preset, in the total with its weight."""
+    from RegisterByGenerationLib.losses import SoftBoneDiceLoss
+
+    assert all(getattr(TrainingConfig.preset_named(p), f"{phase}_bone_weight") == 0 for p in ("tiny", "lite", "full"))
+    torch.manual_seed(0)
+    config = TrainingConfig.tiny(**{f"{phase}_bone_weight": 2.0}, stage2_pixel_weight=1.0)
+    model = build_model(config.model)
+    step = build_phase(phase, model, config, DistributedContext(), torch.Generator().manual_seed(1), torch.Generator().manual_seed(2))
+    step.train_mode()
+    batch = _batch(cases, config)
+    x, y, y_shifted = batch["x"], batch["y"], batch["y_shifted"]
+    loss = SoftBoneDiceLoss(*config.bone_threshold())
+    with torch.no_grad():
+        if phase == "stage1":
+            expected_bone = loss(model.stage1(x, y, generator=torch.Generator().manual_seed(2)), y)
+        else:
+            y_hat = model.stage1(x, y_shifted)
+            expected_bone = loss(model.stage2(x, y_hat, y_shifted, model.registration(fixed=y_hat, moving=y_shifted)), y)
+    losses = step.train_step(batch)
+    assert losses["bone"] == pytest.approx(float(expected_bone), rel=1e-5) and losses["bone"] > 0
+    w = step.weights
+    pixel_weight = 1.0 if phase == "stage2" else 0.0
+    expected = w.nce * losses["nce"] + w.cx * losses["cx"] + w.gan * losses["gan"] + pixel_weight * losses["pixel"] + 2.0 * losses["bone"]
+    assert losses["total"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_bone_threshold_is_in_the_reference_window_and_needs_one():
+    threshold, softness = TrainingConfig.tiny(stage1_bone_weight=1.0).bone_threshold()
+    assert threshold == pytest.approx(-1 + 2 * (200 + 1024) / 4024) and softness == pytest.approx(2 * 50 / 4024)
+    percentile = {"input": {"kind": "percentile", "lower": 0.5, "upper": 99.5}, "reference": {"kind": "percentile", "lower": 0.5, "upper": 99.5}}
+    with pytest.raises(InputError, match="bone weights need the reference's ct_window"):
+        TrainingConfig.tiny(stage1_bone_weight=1.0, normalization=percentile)
+    for bad in ({"stage2_bone_weight": -1.0}, {"stage1_bone_weight": 1.0, "bone_softness_hu": 0.0}):
+        with pytest.raises(InputError):
+            TrainingConfig.tiny(**bad)
+
+
+def test_random_contrast_keeps_air_and_reorders_tissues_reproducibly():
+    """Domain randomisation of the MR input: with probability p a random piecewise-linear
+    curve, -1 (air) fixed, values in [-1, 1], the same for the same seed; some seed
+    swaps the order of two intensities (not monotone); p = 0 is the identity."""
+    from RegisterByGenerationLib.training.data import random_contrast
+
+    x = np.linspace(-1, 1, 101, dtype=np.float32)
+    assert random_contrast(x, np.random.default_rng(0), 0.0) is x
+    curves = [random_contrast(x, np.random.default_rng(seed), 1.0) for seed in range(5)]
+    assert all(c.dtype == np.float32 and c[0] == -1 and c.min() >= -1 and c.max() <= 1 for c in curves)
+    assert np.array_equal(curves[0], random_contrast(x, np.random.default_rng(0), 1.0))
+    assert any((np.diff(c[1:]) < 0).any() for c in curves)
+    applied = sum(random_contrast(x, np.random.default_rng(seed), 0.3) is not x for seed in range(200))
+    assert 40 < applied < 80
+    with pytest.raises(InputError, match="input_random_contrast must be a probability"):
+        TrainingConfig.from_dict({"preset": "tiny", "augment": {"input_random_contrast": 1.5}})
+
+
 @pytest.fixture(scope="module")
 def registered_cases(phantom_data, tmp_path_factory):
     """The two phantoms with the registered pixel target (ANTs SyN: fast on 64x48x16)."""

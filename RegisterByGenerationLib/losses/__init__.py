@@ -4,6 +4,7 @@
 - :class:`ContextualLoss`: texture with the (misaligned) reference.
 - :class:`LSGANLoss` with a :class:`PatchDiscriminator`: realism.
 - :func:`smoothness` and :func:`registration_loss`: the registration network.
+- :class:`SoftBoneDiceLoss`: bone Dice at the benchmark's threshold (a CPU-recipe term).
 - :class:`VGG19Features`: the feature network of the contextual (and Stage 2 PatchNCE)
   loss, ImageNet weights from a local torchvision file or fixed random weights.
 """
@@ -11,6 +12,7 @@
 from __future__ import annotations
 
 from .adversarial import LSGANLoss, PatchDiscriminator
+from .bone import SoftBoneDiceLoss
 from .contextual import ContextualLoss, contextual_similarity
 from .patchnce import PatchNCELoss, PatchProjection, sample_positions
 from .smoothness import registration_loss, smoothness
@@ -22,6 +24,7 @@ __all__ = [
     "PatchDiscriminator",
     "PatchNCELoss",
     "PatchProjection",
+    "SoftBoneDiceLoss",
     "VGG19Features",
     "VGG19_LAYERS",
     "contextual_similarity",

@@ -104,6 +104,9 @@ class AugmentSettings:
         reference_translation_px: extra in-plane translation of the reference only, ± pixels.
         input_gamma: random gamma of the input, ± log-gamma (scanner contrast).
         input_bias_field: random MR bias field coefficient (MR input only; 0 = off).
+        input_random_contrast: probability of replacing the input's intensities by a
+            random, non-monotone curve of them (domain randomisation, as SynthSeg does
+            per tissue: a model must not depend on one MR sequence's contrast).
     """
 
     enabled: bool = True
@@ -112,6 +115,11 @@ class AugmentSettings:
     reference_translation_px: float = 3.0
     input_gamma: float = 0.2
     input_bias_field: float = 0.3
+    input_random_contrast: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.input_random_contrast <= 1:
+            raise InputError(f"augment.input_random_contrast must be a probability in [0, 1], got {self.input_random_contrast!r}")
 
 
 @dataclass
@@ -135,6 +143,13 @@ class TrainingConfig:
     All four use no CT but the misaligned reference, so training stays self-supervised;
     on a short CPU schedule they teach the CT intensities far sooner than the
     adversarial and contextual terms alone.
+
+    ``stage1_bone_weight`` and ``stage2_bone_weight`` add a soft bone Dice term
+    (:class:`~..losses.SoftBoneDiceLoss`) against the pixel term's target: the output's
+    bone mask ``HU > bone_threshold_hu``, softened by a sigmoid ``bone_softness_hu``
+    wide, against the target's. L1 alone spends little on the voxels that cross the
+    threshold, which is what bone Dice (and a bone segmentation of the pseudo-CT) counts.
+    It needs a fixed HU scale of the reference (``ct_window`` normalisation).
 
     ``pixel_target = "registered"`` compares both pixel terms instead with the reference
     registered onto the input by a classical method (``target_registration``: elastix
@@ -171,6 +186,10 @@ class TrainingConfig:
     stage2_identity_weight: float = 0.0
     stage1_pixel_weight: float = 0.0
     stage2_pixel_weight: float = 0.0
+    stage1_bone_weight: float = 0.0
+    stage2_bone_weight: float = 0.0
+    bone_threshold_hu: float = 200.0
+    bone_softness_hu: float = 50.0
     pixel_target: str = "reference"
     target_registration: str = "elastix"
     nce_patches: int = 256
@@ -213,9 +232,15 @@ class TrainingConfig:
         for name in ("nce_patches", "nce_projection", "discriminator_channels", "discriminator_layers"):
             if not _positive_int(getattr(self, name)):
                 raise InputError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        extra_weights = (self.stage1_identity_weight, self.stage2_identity_weight, self.stage1_pixel_weight, self.stage2_pixel_weight)
+        extra_weights = (self.stage1_identity_weight, self.stage2_identity_weight, self.stage1_pixel_weight, self.stage2_pixel_weight,
+                         self.stage1_bone_weight, self.stage2_bone_weight)  # fmt: skip
         if min(self.stage2_reference_shift_px, self.smooth_weight, *extra_weights) < 0:
-            raise InputError("stage2_reference_shift_px, smooth_weight and the identity and pixel weights must be non-negative")
+            raise InputError("stage2_reference_shift_px, smooth_weight and the identity, pixel and bone weights must be non-negative")
+        if max(self.stage1_bone_weight, self.stage2_bone_weight) > 0:
+            if self.normalization["reference"].get("kind") != "ct_window":
+                raise InputError(f"the bone weights need the reference's ct_window normalisation (a fixed HU scale), got {self.normalization['reference']}")
+            if not self.bone_softness_hu > 0:
+                raise InputError(f"bone_softness_hu must be positive, got {self.bone_softness_hu!r}")
         if self.pixel_target not in PIXEL_TARGETS:
             raise InputError(f"pixel_target must be one of {', '.join(PIXEL_TARGETS)}, got {self.pixel_target!r}")
         if self.target_registration not in TARGET_REGISTRATIONS:
@@ -230,6 +255,12 @@ class TrainingConfig:
         if name not in PHASES:
             raise InputError(f"phase must be one of {', '.join(PHASES)}, got {name!r}")
         return getattr(self, name)
+
+    def bone_threshold(self) -> tuple[float, float]:
+        """``(threshold, softness)`` of the bone term in the reference's normalised units."""
+        window = self.normalization["reference"]
+        scale = 2.0 / (float(window["high"]) - float(window["low"]))
+        return -1.0 + (self.bone_threshold_hu - float(window["low"])) * scale, self.bone_softness_hu * scale
 
     def milestones(self, epochs: int) -> list[int]:
         """Epochs after which the LR is multiplied by ``lr_gamma`` (the paper's 20 and 30 of

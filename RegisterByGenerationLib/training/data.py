@@ -398,6 +398,7 @@ class _Augmentation:
         if settings.input_gamma > 0:
             intensity.append(tio.RandomGamma(log_gamma=(-settings.input_gamma, settings.input_gamma)))
         self.intensity = tio.Compose(intensity) if intensity else None
+        self.random_contrast = settings.input_random_contrast
 
     def __call__(self, sample: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
         tio = self.tio
@@ -420,7 +421,26 @@ class _Augmentation:
                 unit = (result["x"] + 1.0) / 2.0
                 unit = self.intensity(tio.ScalarImage(tensor=volume(unit))).data[0, :, :, 0].numpy()
                 result["x"] = unit * 2.0 - 1.0
+        if self.random_contrast > 0:
+            result["x"] = random_contrast(result["x"], np.random.default_rng(seed), self.random_contrast)
         return result
+
+
+#: Knots of :func:`random_contrast`'s curve over the input's [-1, 1] range.
+CONTRAST_KNOTS = 8
+
+
+def random_contrast(x: np.ndarray, rng: np.random.Generator, probability: float) -> np.ndarray:
+    """With ``probability``, ``x`` (in [-1, 1]) through a random piecewise-linear curve:
+    values at :data:`CONTRAST_KNOTS` even knots drawn uniformly in [-1, 1], except -1 ↦ -1
+    (air stays dark, so the body outline is kept). Not monotone: tissues swap order, as
+    between MR sequences. TorchIO and MONAI offer only monotone remappings (gamma,
+    histogram shift), hence this function."""
+    if rng.random() >= probability:
+        return x
+    knots = np.linspace(-1.0, 1.0, CONTRAST_KNOTS)
+    values = np.concatenate([[-1.0], rng.uniform(-1.0, 1.0, CONTRAST_KNOTS - 1)])
+    return np.interp(x, knots, values).astype(x.dtype)
 
 
 def _build_augmentation(settings: AugmentSettings | None, modality: str) -> _Augmentation | None:

@@ -31,7 +31,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from ..losses import ContextualLoss, LSGANLoss, PatchDiscriminator, PatchNCELoss, PatchProjection, VGG19Features, registration_loss
+from ..losses import ContextualLoss, LSGANLoss, PatchDiscriminator, PatchNCELoss, PatchProjection, SoftBoneDiceLoss, VGG19Features, registration_loss
 from ..networks import AdaINGenerator, FusionUNet, PAdaINGenerator, RbgModel, warp
 from .config import LossWeights, TrainingConfig
 from .distributed import DistributedContext, unwrap, wrap_ddp
@@ -171,7 +171,7 @@ class Phase:
         return loss.detach()
 
     def _extra_weight(self, term: str) -> float:
-        """The phase's weight of an optional ``"identity"`` or ``"pixel"`` term."""
+        """The phase's weight of an optional ``"identity"``, ``"pixel"`` or ``"bone"`` term."""
         return getattr(self.config, f"{self.name}_{term}_weight")
 
     def _identity(self, forward, y: torch.Tensor) -> torch.Tensor:
@@ -186,6 +186,13 @@ class Phase:
         if self._extra_weight("pixel") <= 0:
             return torch.zeros((), device=output.device)
         return torch.nn.functional.l1_loss(output, reference)
+
+    def _bone(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The soft bone Dice term against the pixel term's target when the phase's bone
+        weight is positive, else 0 (see :class:`~.config.TrainingConfig`)."""
+        if self._extra_weight("bone") <= 0:
+            return torch.zeros((), device=output.device)
+        return SoftBoneDiceLoss(*self.config.bone_threshold())(output, target)
 
     def _adversarial_terms(self, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(discriminator loss after its step, generator's LSGAN term)``; both 0 and no
@@ -205,10 +212,10 @@ class Phase:
 
     def _generator_step(self, discriminator: torch.Tensor, **terms: torch.Tensor) -> dict[str, float]:
         """One optimiser step on the weighted sum of the generator's ``terms`` (nce, cx,
-        gan, identity, pixel); returns every loss as a float."""
+        gan, identity, pixel, bone); returns every loss as a float."""
         w = self.weights
         total = w.nce * terms["nce"] + w.cx * terms["cx"] + w.gan * terms["gan"]
-        total = total + self._extra_weight("identity") * terms["identity"] + self._extra_weight("pixel") * terms["pixel"]
+        total = total + sum(self._extra_weight(term) * terms[term] for term in ("identity", "pixel", "bone"))
         self.optimizers["generator"].zero_grad(set_to_none=True)
         total.backward()
         self.optimizers["generator"].step()
@@ -220,7 +227,7 @@ class Phase:
 
 class Stage1Phase(Phase):
     name = "stage1"
-    loss_names = ("total", "nce", "cx", "gan", "discriminator", "identity", "pixel")
+    loss_names = ("total", "nce", "cx", "gan", "discriminator", "identity", "pixel", "bone")
 
     def __init__(self, model, config, context, sample_generator, noise_generator, cx_features: VGG19Features) -> None:
         super().__init__(model, config, context, sample_generator, noise_generator)
@@ -260,8 +267,9 @@ class Stage1Phase(Phase):
             q, k = self.heads(queries, keys, num_patches=self.config.nce_patches, generator=self.sample_generator)
             nce = self.nce(q, k)
         cx = self.cx(self.cx_features(y_hat), self.cx_features(y), generator=self.sample_generator) if self.weights.cx > 0 else zero
-        pixel = self._pixel(y_hat, self._pixel_target(batch, y))
-        return self._generator_step(loss_d, nce=nce, cx=cx, gan=gan, identity=identity, pixel=pixel)
+        target = self._pixel_target(batch, y)
+        pixel, bone = self._pixel(y_hat, target), self._bone(y_hat, target)
+        return self._generator_step(loss_d, nce=nce, cx=cx, gan=gan, identity=identity, pixel=pixel, bone=bone)
 
     @torch.no_grad()
     def predict(self, x, y):
@@ -305,7 +313,7 @@ class RegistrationPhase(Phase):
 
 class Stage2Phase(Phase):
     name = "stage2"
-    loss_names = ("total", "nce", "cx", "gan", "discriminator", "identity", "pixel")
+    loss_names = ("total", "nce", "cx", "gan", "discriminator", "identity", "pixel", "bone")
 
     def __init__(self, model, config, context, sample_generator, noise_generator, cx_features: VGG19Features,
                  nce_features: VGG19Features | None) -> None:  # fmt: skip
@@ -368,8 +376,8 @@ class Stage2Phase(Phase):
             nce = self.nce(q, k)
         cx = self.cx(self.cx_features(y_tilde), self.cx_features(target), generator=self.sample_generator) if self.weights.cx > 0 else zero
         identity = self._identity(lambda: self.model.stage2(fed, fed, fed, torch.zeros_like(flow)), fed)
-        pixel = self._pixel(y_tilde, pixel_target)
-        return self._generator_step(loss_d, nce=nce, cx=cx, gan=gan, identity=identity, pixel=pixel)
+        pixel, bone = self._pixel(y_tilde, pixel_target), self._bone(y_tilde, pixel_target)
+        return self._generator_step(loss_d, nce=nce, cx=cx, gan=gan, identity=identity, pixel=pixel, bone=bone)
 
     @torch.no_grad()
     def predict(self, x, y):
