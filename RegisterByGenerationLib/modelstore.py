@@ -222,7 +222,7 @@ def load_model(info: ModelInfo, device: Any = "cpu"):
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from .networks import ModelConfig, build_model
+    from .networks import build_from_architecture
 
     weights = info.path / info.metadata["weights"].get("file", WEIGHTS_FILE)
     if not weights.is_file():
@@ -231,8 +231,7 @@ def load_model(info: ModelInfo, device: Any = "cpu"):
     if actual != info.sha256:
         raise ModelError(f"{weights}: sha256 {actual[:12]}… does not match model.json ({info.sha256[:12]}…); the file is corrupt or replaced")
     try:
-        config = ModelConfig.from_dict(info.metadata["architecture"])
-        model = build_model(config)
+        model = build_from_architecture(info.metadata["architecture"])
         state = load_file(str(weights), device="cpu")
         model.load_state_dict(state, strict=True)
     except (ValueError, TypeError, KeyError, RuntimeError, SafetensorError) as error:

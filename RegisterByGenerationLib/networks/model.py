@@ -16,11 +16,12 @@ from .adain import AdaINGenerator
 from .blocks import check_input_pair
 from .config import ModelConfig, Stage1Config
 from .fusion import FusionUNet
+from .published import LAYOUT, PublishedConfig, PublishedRbgModel
 from .registration import DiffeomorphicRegistration
 from .stage1 import PAdaINGenerator
 from .stage2 import Stage2Network
 
-__all__ = ["RbgModel", "build_model", "build_stage1", "count_parameters"]
+__all__ = ["RbgModel", "build_from_architecture", "build_model", "build_stage1", "count_parameters"]
 
 
 def build_stage1(config: Stage1Config) -> PAdaINGenerator | AdaINGenerator | FusionUNet:
@@ -120,3 +121,15 @@ class RbgModel(nn.Module):
 def build_model(config: ModelConfig) -> RbgModel:
     """The :class:`RbgModel` that ``config`` describes (freshly initialised)."""
     return RbgModel(config)
+
+
+def build_from_architecture(architecture: dict) -> RbgModel | PublishedRbgModel:
+    """The network a model card's ``architecture`` describes (freshly initialised): the
+    authors' published layout when it says ``"layout": "published"``, else ours.
+
+    Raises:
+        ValueError: the architecture is invalid for its layout.
+    """
+    if isinstance(architecture, dict) and architecture.get("layout") == LAYOUT:
+        return PublishedRbgModel(PublishedConfig.from_dict(architecture))
+    return build_model(ModelConfig.from_dict(architecture))
