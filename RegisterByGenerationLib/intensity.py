@@ -1,7 +1,7 @@
 """Invertible intensity maps to [-1, 1] (DESIGN §3 step 6 and its inverse in step 8).
 
-A normalisation scheme (:class:`CTWindow`, :class:`PercentileScaling`,
-:class:`NyulStandardisation`) is configured from the model's ``model.json``
+A normalisation scheme (:class:`CTWindow`, :class:`CTPercentileWindow`,
+:class:`PercentileScaling`, :class:`NyulStandardisation`) is configured from the model's ``model.json``
 (:func:`normalization_from_config`) and fitted to one image, giving an
 :class:`IntensityMap`: a monotone piecewise-linear map whose ``forward`` clips to
 [-1, 1] and whose ``inverse`` is exact inside the fitted window.
@@ -9,7 +9,8 @@ A normalisation scheme (:class:`CTWindow`, :class:`PercentileScaling`,
 CT and CBCT use the fixed window [-1024, 3000] HU, the clipping range of the
 SynthRAD2023 evaluation: air maps to -1, and cortical bone, dense (metal-free)
 structures and iodine contrast stay below 3000 HU, so they are never clipped and the
-generated HU are comparable with the challenge's metrics. MR has no absolute unit:
+generated HU are comparable with the challenge's metrics (models imported from the
+authors' checkpoints use their per-patient percentile window instead). MR has no absolute unit:
 per-image percentiles inside the body (optionally after N4 bias correction) or Nyúl
 histogram standardisation with landmarks learnt on the training set.
 
@@ -34,6 +35,7 @@ from .io import same_geometry
 __all__ = [
     "IntensityMap",
     "CTWindow",
+    "CTPercentileWindow",
     "PercentileScaling",
     "NyulStandardisation",
     "normalization_from_config",
@@ -111,6 +113,44 @@ class CTWindow:
 
     def to_config(self) -> dict:
         return {"kind": self.kind, "low": self.low, "high": self.high}
+
+
+class CTPercentileWindow:
+    """Per-patient HU window: the CT's own percentiles (all voxels) mapped linearly to [-1, 1].
+
+    The scheme of the authors' published RbG/RegistFormer data (5th and 95th percentile,
+    SynthRAD2023 pelvis): the reference CT is clipped at its own percentiles and scaled,
+    and the model's output is mapped back through the same window, so HU outside the
+    window cannot come out. Fitted on the reference as the pipeline hands it, resampled
+    onto the input's grid (the published CTs were on their MR's grid).
+
+    Args:
+        lower: percentile (0-100) mapped to -1 (published 5).
+        upper: percentile (0-100) mapped to 1 (published 95).
+    """
+
+    kind = "ct_percentile"
+
+    def __init__(self, lower: float = 5.0, upper: float = 95.0):
+        if not 0.0 <= lower < upper <= 100.0:
+            raise ValueError(f"percentiles must satisfy 0 <= lower < upper <= 100, got {lower!r}, {upper!r}")
+        self.lower = float(lower)
+        self.upper = float(upper)
+
+    def fit(self, image: sitk.Image, mask: sitk.Image | None = None) -> IntensityMap:
+        """The window between ``image``'s percentiles over all voxels (``mask`` is not
+        read: the published percentiles were of the whole volume).
+
+        Raises:
+            InputError: the two percentiles coincide.
+        """
+        low, high = np.percentile(_masked_values(image, None), [self.lower, self.upper])
+        if not high > low:
+            raise InputError(f"CT is constant between its {self.lower} and {self.upper} percentiles ({low} HU); cannot scale it")
+        return IntensityMap([low, high], [-1.0, 1.0])
+
+    def to_config(self) -> dict:
+        return {"kind": self.kind, "lower": self.lower, "upper": self.upper}
 
 
 class PercentileScaling:
@@ -232,7 +272,7 @@ class NyulStandardisation:
         return {"kind": self.kind, "percentiles": self.percentiles.tolist(), "landmarks": self.landmarks.tolist()}
 
 
-def normalization_from_config(config: dict) -> CTWindow | PercentileScaling | NyulStandardisation:
+def normalization_from_config(config: dict) -> CTWindow | CTPercentileWindow | PercentileScaling | NyulStandardisation:
     """The scheme described by a ``to_config()`` dict (as stored in ``model.json``).
 
     Raises:
@@ -244,12 +284,14 @@ def normalization_from_config(config: dict) -> CTWindow | PercentileScaling | Ny
     parameters = {key: value for key, value in config.items() if key != "kind"}
     if kind == CTWindow.kind:
         scheme = CTWindow
+    elif kind == CTPercentileWindow.kind:
+        scheme = CTPercentileWindow
     elif kind == PercentileScaling.kind:
         scheme = PercentileScaling
     elif kind == NyulStandardisation.kind:
         scheme = NyulStandardisation
     else:
-        known = ", ".join((CTWindow.kind, PercentileScaling.kind, NyulStandardisation.kind))
+        known = ", ".join((CTWindow.kind, CTPercentileWindow.kind, PercentileScaling.kind, NyulStandardisation.kind))
         raise ModelError(f"unknown intensity normalisation kind {kind!r}; known kinds: {known}")
     try:
         return scheme(**parameters)

@@ -10,6 +10,7 @@ import SimpleITK as sitk
 
 from RegisterByGenerationLib.errors import InputError, ModelError
 from RegisterByGenerationLib.intensity import (
+    CTPercentileWindow,
     CTWindow,
     IntensityMap,
     NyulStandardisation,
@@ -41,6 +42,19 @@ def test_forward_clips_outside_window():
     np.testing.assert_array_equal(ct_map.forward(np.array([-3000.0, 5000.0])), [-1.0, 1.0])
     np.testing.assert_array_equal(ct_map.inverse(np.array([-1.5, 1.5])), [-1000.0, 1000.0])
     assert ct_map.window == (-1000.0, 1000.0)
+
+
+def test_ct_percentile_window_is_the_patients_own_and_ignores_the_mask():
+    hu = np.arange(-1000.0, 1000.0).reshape(20, 10, 10)  # 2000 distinct values
+    ct_map = CTPercentileWindow(5.0, 95.0).fit(image_from(hu), image_from((hu > 0).astype(np.uint8)))
+    low, high = np.percentile(hu, [5.0, 95.0])
+    assert ct_map.window == (low, high)
+    assert ct_map.forward(np.array([-1000.0, low, high, 999.0])).tolist() == [-1.0, -1.0, 1.0, 1.0]  # clipped, as published
+    np.testing.assert_allclose(ct_map.inverse(ct_map.forward(np.array([-500.0, 0.0, 700.0]))), [-500.0, 0.0, 700.0], atol=1e-3)
+    with pytest.raises(InputError, match="constant between its 5.0 and 95.0 percentiles"):
+        CTPercentileWindow().fit(image_from(np.full((4, 4, 4), 40.0)))
+    with pytest.raises(ValueError, match="percentiles"):
+        CTPercentileWindow(95.0, 5.0)
 
 
 def test_percentile_scaling_uses_mask():
@@ -134,7 +148,7 @@ def test_nyul_validation():
 
 @pytest.mark.parametrize(
     "scheme",
-    [CTWindow(), CTWindow(-1000.0, 2000.0), PercentileScaling(), PercentileScaling(1.0, 99.0, n4=True), NyulStandardisation([1, 50, 99], [-1.0, 0.2, 1.0])],
+    [CTWindow(), CTWindow(-1000.0, 2000.0), CTPercentileWindow(), CTPercentileWindow(1.0, 99.0), PercentileScaling(), PercentileScaling(1.0, 99.0, n4=True), NyulStandardisation([1, 50, 99], [-1.0, 0.2, 1.0])],
     ids=repr,
 )
 def test_config_round_trip(scheme):
