@@ -78,9 +78,17 @@ class _ResBlock(nn.Module):
         """``params [B, 4C]`` = (β1, γ1, β2, γ2) when adaptive."""
         if not self.adaptive:
             return x + self.conv2(self.conv1(x))
-        beta1, gamma1, beta2, gamma2 = (p[:, :, None, None] for p in params.chunk(4, dim=1))
-        out = F.relu(F.instance_norm(self.conv1(x), eps=1e-5) * gamma1 + beta1)
-        return x + F.instance_norm(self.conv2(out), eps=1e-5) * gamma2 + beta2
+        beta1, gamma1, beta2, gamma2 = params.chunk(4, dim=1)
+        out = F.relu(_adain(self.conv1(x), gamma1, beta1))
+        return x + _adain(self.conv2(out), gamma2, beta2)
+
+
+def _adain(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """Instance norm with per-sample ``γ, β [B, C]``, as MUNIT computes it (one batch norm
+    over ``[1, B·C, H, W]``, the affine fused), so the rounding matches too."""
+    batch, channels = x.shape[:2]
+    flat = x.reshape(1, batch * channels, *x.shape[2:])
+    return F.batch_norm(flat, None, None, gamma.reshape(-1), beta.reshape(-1), True, 0.0, 1e-5).view_as(x)
 
 
 class PublishedMUNIT(nn.Module):
