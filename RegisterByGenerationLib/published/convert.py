@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -236,8 +236,17 @@ def _read_sources(paths: Sequence[str | os.PathLike]) -> dict[str, _Source]:
     return sources
 
 
-def _stage2_layout(source: _Source) -> tuple[str, tuple[str, str], tuple[str, ...], str]:
-    """``(framework, FE names, embedded Stage-1 prefixes, embedded Stage-1 kind)`` of a Stage-2 file."""
+class _Stage2Layout(NamedTuple):
+    """How a Stage-2 file names its parts."""
+
+    framework: str  # "RbG" or "RegistFormer"
+    fe_names: tuple[str, str]  # FE1/FE2 or net1/net2
+    stage1_prefixes: tuple[str, ...]  # of the embedded Stage 1 (one generator, or MUNIT's content and style)
+    stage1_kind: str  # "padain" or "munit"
+
+
+def _stage2_layout(source: _Source) -> _Stage2Layout:
+    """The :class:`_Stage2Layout` of a Stage-2 file."""
     state = source.checkpoint.state_dict
     if "netG_A.FE1.conv_in.conv.0.weight" in state:
         framework, fe_names = "RbG", ("FE1", "FE2")
@@ -252,7 +261,7 @@ def _stage2_layout(source: _Source) -> tuple[str, tuple[str, str], tuple[str, ..
     ):
         probe = "conv0.conv.weight" if kind == "padain" else "enc_content.model.0.conv.weight"
         if prefixes[0] + probe in state:
-            return framework, fe_names, prefixes, kind
+            return _Stage2Layout(framework, fe_names, prefixes, kind)
     raise ModelError(f"{source.path}: Stage 2 without an embedded Stage 1 (netG_A.synth_net...)")
 
 
@@ -315,22 +324,22 @@ def import_published(
         raise ModelError(f"{next(iter(sources.values())).path}: no Stage 1 given (the PAdaIN or MUNIT checkpoint, or a Stage 2 file that embeds it)")
     if registration_source is None and layout is None:
         raise ModelError(f"{stage1_source.path}: no registration given (the VoxelMorph checkpoint, or a Stage 2 file that embeds it)")
-    if stage1_source is not None and layout is not None and stage1_source.kind != layout[3]:
-        raise ModelError(f"{stage1_source.path}: a {_KINDS[stage1_source.kind]}, but {stage2_source.path} was trained on a {_KINDS[layout[3]]}")
+    if stage1_source is not None and layout is not None and stage1_source.kind != layout.stage1_kind:
+        raise ModelError(f"{stage1_source.path}: a {_KINDS[stage1_source.kind]}, but {stage2_source.path} was trained on a {_KINDS[layout.stage1_kind]}")
 
     # Stage 1: which file and prefixes run, and the embedded copy to cross-check.
     if stage1_source is not None:
         stage1_prefixes = ("netG_A.",) if stage1_source.kind == "padain" else ("netG_A.", "netG_B.")
         stage1_run = (stage1_source, stage1_prefixes)
     else:
-        stage1_run = (stage2_source, layout[2])
+        stage1_run = (stage2_source, layout.stage1_prefixes)
     source, prefixes = stage1_run
-    stage1_kind = stage1_source.kind if stage1_source is not None else layout[3]
+    stage1_kind = stage1_source.kind if stage1_source is not None else layout.stage1_kind
     stage1_config = _padain_config(source, prefixes[0], noise) if stage1_kind == "padain" else _munit_config(source, *prefixes)
     registration_run = (registration_source, "netR_A.") if registration_source is not None else (stage2_source, "netG_A.regist_net.")
     registration_config = _voxelmorph_config(registration_run[0], registration_run[1], integration_steps)
     if layout is not None:
-        framework = layout[0]
+        framework = layout.framework
         channels = _shape(stage2_source, "netG_A.DACA_block.0.attention.w_q.weight", 4)[0]
         mlp_hidden = _shape(stage2_source, "netG_A.DACA_block.0.mlp.linear1.weight", 4)[0]
         try:
@@ -357,10 +366,10 @@ def import_published(
 
     cross_checks, mismatches = [], []
     if layout is not None:
-        stage2_state = _take(stage2_source, "netG_A.", keys.stage2_pairs(layout[1]), part("stage2.net."), "published Stage 2")
+        stage2_state = _take(stage2_source, "netG_A.", keys.stage2_pairs(layout.fe_names), part("stage2.net."), "published Stage 2")
         owned["stage2"].append(("netG_A.", ()))
         if stage1_source is not None:
-            embedded, embedded_owned = _stage1_state(stage2_source, stage1_config, layout[2], stage1_shapes)
+            embedded, embedded_owned = _stage1_state(stage2_source, stage1_config, layout.stage1_prefixes, stage1_shapes)
             owned["stage2"] += embedded_owned
             cross_checks.append(("Stage 1", stage1_source.path))
             mismatches.append(_compare(stage1_state, embedded, "Stage 1", stage1_source.path, stage2_source.path))
@@ -376,7 +385,7 @@ def import_published(
     mismatches = [m for m in mismatches if m is not None]
     if mismatches and not use_separate_on_mismatch:
         raise ModelError(f"{stage2_source.path}: {mismatches[0]}; the authors' code runs the separate file: pass --use-separate-on-mismatch to import it so")
-    ignored = {str(s.path.name): _check_accounted(s, owned[kind]) for kind, s in sources.items()}
+    ignored = {kind: _check_accounted(s, owned[kind]) for kind, s in sources.items()}
 
     state = {f"stage1.net.{k}": v for k, v in stage1_state.items()}
     state.update({f"registration.net.{k}": v for k, v in registration_state.items()})
@@ -454,7 +463,7 @@ def _card(name, modality, framework, config: PublishedConfig, pixel_spacing, sou
                     "epoch": source.checkpoint.epoch,
                     "global_step": source.checkpoint.global_step,
                     "objects_not_constructed": source.checkpoint.inert,
-                    "ignored_keys": ignored[source.path.name],
+                    "ignored_keys": ignored[source.kind],
                 }
                 for source in sources.values()
             ],
