@@ -1,20 +1,19 @@
 """3D Slicer module: a pseudo-CT aligned with an MR or CBCT, from the patient's own (misaligned) CT.
 
-Thin by design: this file converts between MRML nodes and files and shows progress. The
-work runs in a ``PythonSlicer`` child process (``python -m RegisterByGenerationLib run
-... --progress json``) driven by ``RegisterByGenerationLib.runner``, so the GUI stays
-responsive, Cancel stops the whole process tree, and torch is never loaded into Slicer.
+Thin by design: this file holds the widgets, the parameter node, the QTimer and the
+installer. The scene code (nodes to files and back, one run) is the Qt-free
+``RegisterByGenerationSceneLib``, tested against real MRML. The work runs in a
+``PythonSlicer`` child process (``python -m RegisterByGenerationLib run ... --progress
+json``), so the GUI stays responsive, Cancel stops the whole process tree, and torch is
+never loaded into Slicer.
 """
 
-import dataclasses
 import enum
-import json
 import logging
 import os
 import shutil
 import sys
 import tempfile
-import threading
 import time
 
 import qt
@@ -30,7 +29,8 @@ from slicer.util import VTKObservationMixin
 # Only the standard library is imported by these modules; torch & co. stay out of Slicer.
 from RegisterByGenerationLib import install
 from RegisterByGenerationLib.modelstore import list_models, user_models_dir
-from RegisterByGenerationLib.runner import RunProcess, build_run_command, library_environment, python_slicer_executable
+from RegisterByGenerationLib.runner import library_environment, python_slicer_executable
+from RegisterByGenerationSceneLib import PseudoCtTask, sameGeometry, validationError, worldGeometry
 
 #
 # RegisterByGeneration
@@ -287,32 +287,17 @@ class RegisterByGenerationWidget(ScriptedLoadableModuleWidget, VTKObservationMix
 #
 
 
-@dataclasses.dataclass
-class RegisterByGenerationResult:
-    """What a run produced. ``report`` is the run's report.json (or None); ``log`` its text lines."""
-
-    success: bool = False
-    cancelled: bool = False
-    errorMessage: str = ""
-    outputVolume: object = None
-    boneSegmentation: object = None
-    report: object = None
-    device: str = ""
-    seconds: float = 0.0
-    log: list = dataclasses.field(default_factory=list)
-
-
 class RegisterByGenerationLogic(ScriptedLoadableModuleLogic):
     """Usable without the GUI (Python console, ``--python-script``); see ``process``."""
 
     POLL_INTERVAL_MS = 200
-    GEOMETRY_TOLERANCE_MM = 1e-3
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         self.keepTemporaryFiles = False  # set True to inspect the exchanged files after a run
         self._task = None
         self._timer = None
+        self._completedCallback = None
 
     def getParameterNode(self):
         return RegisterByGenerationParameterNode(super().getParameterNode())
@@ -323,28 +308,10 @@ class RegisterByGenerationLogic(ScriptedLoadableModuleLogic):
     def cancel(self) -> None:
         """Stop the running process tree; the completion callback then reports a cancel.
         Returns at once: the stopping (up to a few seconds) runs on a worker thread."""
-        if self._task is not None and not self._task["cancelling"]:
-            self._task["cancelling"] = True
-            threading.Thread(target=self._task["process"].cancel, name="RegisterByGeneration-cancel", daemon=True).start()
+        if self._task is not None:
+            self._task.cancel()
 
-    @staticmethod
-    def validationError(inputVolume, referenceVolume, outputVolume=None):
-        """Why these nodes cannot be processed, in one sentence; None when they can."""
-        if not inputVolume or not inputVolume.GetImageData():
-            return _("Select an input volume (MR or CBCT).")
-        if not referenceVolume or not referenceVolume.GetImageData():
-            return _("Select a reference CT volume.")
-        if inputVolume.GetID() == referenceVolume.GetID():
-            return _("The input and the reference CT must be different volumes.")
-        if outputVolume and outputVolume.GetID() in (inputVolume.GetID(), referenceVolume.GetID()):
-            return _("The pseudo-CT output must not overwrite an input; choose 'Create new volume'.")
-        for node in (inputVolume, referenceVolume):
-            if min(node.GetImageData().GetDimensions()) < 2:
-                return _("{name} is not a 3D volume (a side has a single voxel).").format(name=node.GetName())
-            transform = node.GetParentTransformNode()
-            if transform and not transform.IsTransformToWorldLinear():
-                return _("{name} is under a non-linear transform; harden it first (Data module).").format(name=node.GetName())
-        return None
+    validationError = staticmethod(validationError)
 
     def process(self, inputVolume, referenceVolume, outputVolume=None, boneSegmentation=None, modality="MR", model=None, device="auto",
                 prealign=True, boneMethod="auto", threads=None, precision="auto", waitForCompletion=True, progressCallback=None,
@@ -360,134 +327,51 @@ class RegisterByGenerationLogic(ScriptedLoadableModuleLogic):
             with one line on failure); False returns None at once and calls completedCallback(result) later.
         :param progressCallback: called as (fraction, stage, message). :param logCallback: called with each log line.
 
-        Nothing in the scene changes unless the run succeeds.
+        Nothing in the scene changes unless the run succeeds. The results join the input's
+        study in the subject hierarchy.
         """
-        reason = self.validationError(inputVolume, referenceVolume, outputVolume)
+        reason = validationError(inputVolume, referenceVolume, outputVolume)
         if reason:
             raise ValueError(reason)
-        modality, device, boneMethod = _choice(modality, Modality), str(device), _choice(boneMethod, BoneMethod)
+        runOptions = dict(modality=_choice(modality, Modality), model=model, device=str(device), prealign=prealign,
+                          bones=_choice(boneMethod, BoneMethod), threads=threads, precision=precision)  # fmt: skip
         if self.isRunning():
             raise RuntimeError(_("A pseudo-CT generation is already running; cancel it or wait for it."))
         self.setupPythonRequirements()
-        tempDir = tempfile.mkdtemp(prefix="RegisterByGeneration-", dir=slicer.app.temporaryPath)
-        try:
-            paths = {"input": os.path.join(tempDir, "input.nrrd"), "reference": os.path.join(tempDir, "reference.nrrd")}
-            for node, path in ((inputVolume, paths["input"]), (referenceVolume, paths["reference"])):
-                # exportNode leaves the node's storage node alone; world=True applies linear parent transforms.
-                if not slicer.util.exportNode(node, path, {}, world=True):
-                    raise RuntimeError(_("Could not write {name} to the temporary folder {folder}.").format(name=node.GetName(), folder=tempDir))
-            argv = build_run_command(python_slicer_executable(slicer.app.slicerHome), paths["input"], paths["reference"], os.path.join(tempDir, "output"),
-                                     modality=modality, model=model, device=device, prealign=prealign, bones=boneMethod,
-                                     threads=threads, precision=precision)
-            logging.info("RegisterByGeneration: %s", " ".join(argv))
-            process = RunProcess(argv, env=library_environment()).start()
-        except Exception:
-            shutil.rmtree(tempDir, ignore_errors=True)
-            raise
-        task = self._task = dict(process=process, tempDir=tempDir, inputVolume=inputVolume, outputVolume=outputVolume,
-                                 boneSegmentation=boneSegmentation, wantBones=boneMethod != "none", progressCallback=progressCallback,
-                                 logCallback=logCallback, completedCallback=completedCallback, result=None, cancelling=False)
+        self._task = PseudoCtTask(
+            slicer.mrmlScene, inputVolume, referenceVolume, outputVolume, boneSegmentation,
+            pythonExecutable=python_slicer_executable(slicer.app.slicerHome), temporaryDirectory=slicer.app.temporaryPath,
+            runOptions=runOptions, progressCallback=progressCallback, logCallback=logCallback, keepTemporaryFiles=self.keepTemporaryFiles,
+        ).start()  # fmt: skip
+        self._completedCallback = completedCallback
         if not waitForCompletion:
             self._timer = qt.QTimer()
             self._timer.setInterval(self.POLL_INTERVAL_MS)
             self._timer.connect("timeout()", self._poll)
             self._timer.start()
             return None
-        while task["result"] is None:
-            self._poll()
+        while (result := self._poll()) is None:
             slicer.app.processEvents()  # keeps a GUI painting (and a Cancel button working) while blocked
             time.sleep(0.05)
-        if not task["result"].success:
-            raise RuntimeError(task["result"].errorMessage)
-        return task["result"]
+        if not result.success:
+            raise RuntimeError(result.errorMessage)
+        return result
 
-    def _poll(self) -> None:
-        """Drain the child's events (never blocks); finish the run on its exit event."""
+    def _poll(self):
+        """Drain the child's events (never blocks); on its exit, finish and return the result."""
         task = self._task
-        if task is None:
-            return
-        for event in task["process"].poll():
-            try:
-                if event.kind == "progress" and task["progressCallback"]:
-                    task["progressCallback"](event.fraction, event.stage, event.message)
-                elif event.kind == "log":
-                    logging.debug("RegisterByGeneration: %s", event.message)
-                    if task["logCallback"]:
-                        task["logCallback"](event.message)
-            except Exception:  # a failing callback must not lose the exit event
-                logging.exception("RegisterByGeneration: progress/log callback failed")
-            if event.kind == "exit":
-                self._finish(task)
-
-    def _finish(self, task) -> None:
+        result = task.poll() if task is not None else None
+        if result is None:
+            return None
         if self._timer is not None:
             self._timer.stop()
             self._timer = None
         self._task = None
-        process, result = task["process"], RegisterByGenerationResult()
-        result.seconds, result.log = process.elapsed_s, process.log_lines
-        try:
-            if process.returncode == 0:
-                self._loadResults(task, process, result)
-                result.success = True
-            else:
-                result.cancelled = process.cancelled
-                result.errorMessage = process.error_message or _("the processing failed")
-        except Exception as error:  # loading failed: report it; the scene was not changed
-            logging.exception("RegisterByGeneration: loading the results failed")
-            result.errorMessage = _("Could not load the results: {error}").format(error=error)
-        finally:
-            if self.keepTemporaryFiles:
-                logging.info("RegisterByGeneration: temporary files kept in %s", task["tempDir"])
-            else:
-                shutil.rmtree(task["tempDir"], ignore_errors=True)
-        task["result"] = result
-        if task["completedCallback"]:
-            task["completedCallback"](result)
-
-    def _loadResults(self, task, process, result) -> None:
-        """Load the pseudo-CT (and bones) into temporary nodes, check them, then commit to the scene."""
-        inputVolume, pseudoCtPath, reportPath = task["inputVolume"], process.output_file("pseudo_ct.nii.gz"), process.output_file("report.json")
-        if pseudoCtPath is None:
-            raise RuntimeError(_("the processing ended without writing a pseudo-CT"))
-        result.device = (process.result or {}).get("device", "")
-        if reportPath:
-            result.report = json.loads(reportPath.read_text(encoding="utf-8"))
-        loadedVolume = slicer.util.loadVolume(str(pseudoCtPath), {"show": False, "singleFile": True})
-        loadedBones = None
-        try:
-            inputGeometry = worldGeometry(inputVolume)
-            if not sameGeometry(worldGeometry(loadedVolume), inputGeometry, self.GEOMETRY_TOLERANCE_MM):
-                raise RuntimeError(_("the pseudo-CT's geometry differs from the input's"))
-            bonesPath = process.output_file("bones.seg.nrrd")
-            if task["wantBones"] and bonesPath:
-                loadedBones = slicer.util.loadSegmentation(str(bonesPath))
-            # Everything is loaded and checked: from here on the scene is changed.
-            outputVolume = task["outputVolume"] or slicer.mrmlScene.AddNewNodeByClass(
-                "vtkMRMLScalarVolumeNode", slicer.mrmlScene.GenerateUniqueName(f"{inputVolume.GetName()} pseudo-CT"))
-            outputVolume.SetAndObserveTransformNodeID(None)
-            outputVolume.SetIJKToRASMatrix(inputGeometry[1])  # exactly the input's (world) geometry
-            outputVolume.SetAndObserveImageData(loadedVolume.GetImageData())
-            outputVolume.CreateDefaultDisplayNodes()
-            displayNode = outputVolume.GetDisplayNode()
-            displayNode.SetAndObserveColorNodeID("vtkMRMLColorTableNodeGrey")
-            displayNode.SetAutoWindowLevel(False)
-            displayNode.SetWindowLevel(400, 40)  # soft-tissue CT window
-            result.outputVolume = outputVolume
-            if loadedBones is not None:
-                target = task["boneSegmentation"]
-                if target is None:
-                    loadedBones.SetName(slicer.mrmlScene.GenerateUniqueName(f"{inputVolume.GetName()} bones"))
-                    target, loadedBones = loadedBones, None
-                else:
-                    target.GetSegmentation().DeepCopy(loadedBones.GetSegmentation())  # names, colours, terminology tags
-                    target.CreateDefaultDisplayNodes()
-                target.SetReferenceImageGeometryParameterFromVolumeNode(outputVolume)
-                result.boneSegmentation = target
-            if slicer.app.layoutManager():  # none when headless
-                slicer.util.setSliceViewerLayers(background=outputVolume, foreground=inputVolume, foregroundOpacity=0.5, fit=True)
-        finally:
-            _removeNodes(loadedVolume, loadedBones)
+        if result.success and slicer.app.layoutManager():  # no layout when headless
+            slicer.util.setSliceViewerLayers(background=result.outputVolume, foreground=task.inputVolume, foregroundOpacity=0.5, fit=True)
+        if self._completedCallback:
+            self._completedCallback(result)
+        return result
 
     def setupPythonRequirements(self) -> None:
         """Install what the child process needs, on first use: torch through the PyTorch
@@ -541,37 +425,6 @@ def _confirm(text, default=True):
     return slicer.util.confirmOkCancelDisplay(text, windowTitle=_("Register by Generation"))
 
 
-def worldGeometry(volumeNode):
-    """(dimensions, IJK-to-world-RAS vtkMatrix4x4) of a volume, applying a linear parent transform."""
-    ijkToRas = vtk.vtkMatrix4x4()
-    volumeNode.GetIJKToRASMatrix(ijkToRas)
-    transform = volumeNode.GetParentTransformNode()
-    if transform:
-        toWorld = vtk.vtkMatrix4x4()
-        transform.GetMatrixTransformToWorld(toWorld)
-        vtk.vtkMatrix4x4.Multiply4x4(toWorld, ijkToRas, ijkToRas)
-    return tuple(volumeNode.GetImageData().GetDimensions()), ijkToRas
-
-
-def sameGeometry(a, b, toleranceMm=1e-3):
-    """True when two ``worldGeometry`` results have equal dimensions and matrices within the tolerance."""
-    if a[0] != b[0]:
-        return False
-    return all(abs(a[1].GetElement(i, j) - b[1].GetElement(i, j)) <= toleranceMm for i in range(3) for j in range(4))
-
-
-def _removeNodes(*nodes):
-    """Remove nodes with their display and storage nodes (RemoveNode alone leaves those behind)."""
-    for node in nodes:
-        if node is None or node.GetScene() is None:
-            continue
-        helpers = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())] + [node.GetStorageNode()]
-        slicer.mrmlScene.RemoveNode(node)
-        for helper in helpers:
-            if helper is not None and helper.GetScene() is not None:
-                slicer.mrmlScene.RemoveNode(helper)
-
-
 #
 # Test
 #
@@ -584,14 +437,9 @@ class RegisterByGenerationTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        import unittest
-
         for test in (self.test_InvalidInputsLeaveSceneUnchanged, self.test_PhantomPseudoCT):
             self.setUp()
-            try:
-                test()
-            except unittest.SkipTest as reason:
-                self.delayDisplay(f"Skipped {test.__name__}: {reason}")
+            test()
 
     def _phantom(self):
         """A small MR + reference CT phantom made by the library's generator (no download)."""
@@ -620,19 +468,22 @@ class RegisterByGenerationTest(ScriptedLoadableModuleTest):
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), before)
 
     def test_PhantomPseudoCT(self):
-        import unittest
-
+        """A missing dependency or model fails this test, saying how to install it: a
+        self-test that skips what it cannot run would pass on a broken installation."""
         import numpy as np
         from RegisterByGenerationLib.errors import ModelError
         from RegisterByGenerationLib.modelstore import default_model_name, find_model
 
         ok, status = install.torch_is_usable()
-        if not ok or install.missing_requirements():
-            raise unittest.SkipTest(f"dependencies not installed ({status}); open the module once and click Apply to install them")
+        missing = install.missing_requirements()
+        if not ok or missing:
+            self.fail(f"Python packages missing (torch: {status}; others: {', '.join(missing) or 'none'}): open the module in Slicer "
+                      "outside testing mode and click Apply once, which installs them, then run the test again")
         try:
             find_model(default_model_name("mr"))
         except ModelError as error:
-            raise unittest.SkipTest(f"the default MR model is not installed ({error})")
+            self.fail(f"the default MR model is not installed ({error}): it ships with the extension in Resources/Models; "
+                      "reinstall the extension, or install a model folder with the module's 'Import model...' button")
         self.delayDisplay("Generating a phantom")
         inputVolume, referenceVolume, bodyMask = self._phantom()
         self.delayDisplay("Running the default MR model on the CPU")

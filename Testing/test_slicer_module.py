@@ -151,6 +151,13 @@ def test_library_never_imports_slicer_qt_ctk_vtk_or_the_module():
     assert not {k: v for k, v in offenders.items() if v}
 
 
+def test_the_scene_code_never_imports_qt():
+    """RegisterByGenerationSceneLib runs on slicer-core (MRML without Qt) in the tests."""
+    scene_lib = MODULE_DIR / "RegisterByGenerationSceneLib"
+    offenders = {p.name: sorted(_imported_top_names(p) & {"qt", "ctk", "PythonQt", "RegisterByGeneration"}) for p in scene_lib.glob("*.py")}
+    assert offenders and not {k: v for k, v in offenders.items() if v}
+
+
 def test_what_the_module_imports_at_load_needs_no_heavy_package():
     """Slicer loads the module before torch & co. are installed: the library modules it
     imports at the top must import with torch, SimpleITK, NumPy, SciPy and MONAI absent."""
@@ -205,6 +212,11 @@ def test_extension_metadata():
     assert "add_subdirectory(RegisterByGeneration)" in text
     icon = re.sub(r"^\$\{EXTENSION_RAW_URL\}/", "", values["EXTENSION_ICONURL"])
     assert (REPO / icon).is_file(), f"extension icon {icon} missing"
+    for url in values["EXTENSION_SCREENSHOTURLS"].split():  # every link names a file of this repository
+        assert url.startswith("${EXTENSION_RAW_URL}/"), url
+        assert (REPO / url.removeprefix("${EXTENSION_RAW_URL}/")).is_file(), f"screenshot {url} missing"
+    assert values["EXTENSION_HOMEPAGE"].startswith("${EXTENSION_SOURCE_URL}/blob/main/")
+    assert (REPO / values["EXTENSION_HOMEPAGE"].removeprefix("${EXTENSION_SOURCE_URL}/blob/main/")).is_file()
     from PIL import Image
 
     for path in (REPO / icon, MODULE_DIR / "Resources" / "Icons" / "RegisterByGeneration.png"):
