@@ -221,11 +221,19 @@ class RegisterByGenerationWidget(ScriptedLoadableModuleWidget, VTKObservationMix
             self._parameterNode.model = self.ui.modelComboBox.itemData(index) or ""
 
     def onImportModelButton(self) -> None:
-        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), _("Select a model folder (with model.json)"))
-        if not folder:
+        """Install a model folder (its model.json) or convert the authors' published .ckpt files."""
+        paths = qt.QFileDialog.getOpenFileNames(slicer.util.mainWindow(), _("Select a model's model.json, or the published .ckpt files"), "",
+                                                _("Models (model.json *.ckpt)"))  # fmt: skip
+        if not paths:
             return
-        with slicer.util.tryWithErrorDisplay(_("Could not import the model folder."), waitCursor=True):
-            info = install.import_model_folder(folder)
+        with slicer.util.tryWithErrorDisplay(_("Could not import the model."), waitCursor=True):
+            if all(path.lower().endswith(".ckpt") for path in paths):
+                self.logic.setupPythonRequirements()  # the conversion runs in PythonSlicer, with torch
+                info = install.import_published_checkpoints(paths, python_slicer_executable(slicer.app.slicerHome), env=library_environment())
+            elif len(paths) == 1 and os.path.basename(paths[0]) == "model.json":
+                info = install.import_model_folder(os.path.dirname(paths[0]))
+            else:
+                raise ValueError(_("Select either one model.json or the published .ckpt files, not both."))
             self._modelListModality = None  # force a refresh
             self._parameterNode.modality = Modality(info.modality)
             self._parameterNode.model = info.name

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
 import tempfile
 from importlib import metadata
 from pathlib import Path
@@ -175,3 +176,32 @@ def import_model_folder(source: str | os.PathLike, models_dir: str | os.PathLike
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return ModelInfo.from_directory(target)
+
+
+def import_published_checkpoints(checkpoints, python_executable: str | os.PathLike, *, env=None, force: bool = False) -> ModelInfo:
+    """Convert the authors' published ``.ckpt`` files into an installed model, in a child
+    process (``python -m RegisterByGenerationLib models import-published``): the
+    conversion needs torch, which the Slicer module never loads into Slicer itself.
+
+    Args:
+        checkpoints: the ``.ckpt`` files (see docs/import-published.md).
+        python_executable: the interpreter with the library (in Slicer ``PythonSlicer``).
+        env: environment of the child (in Slicer :func:`~.runner.library_environment`).
+        force: replace an installed model of the same name.
+
+    Returns:
+        The imported model (in the user's models folder).
+
+    Raises:
+        ModelError: the conversion failed; the message is the command's one-line error.
+    """
+    argv = [str(python_executable), "-m", "RegisterByGenerationLib", "models", "import-published", *map(str, checkpoints)]
+    completed = subprocess.run(argv + (["--force"] if force else []), env=env, capture_output=True, text=True, encoding="utf-8", errors="replace")
+    if completed.returncode != 0:
+        lines = [line for line in completed.stderr.splitlines() if line.strip()]
+        raise ModelError(lines[-1].removeprefix("rbg: error: ") if lines else f"import-published exited with status {completed.returncode}")
+    match = re.search(r"^imported \S+ .* into (.+)$", completed.stdout, re.M)
+    if match is None:
+        raise ModelError(f"import-published did not say where it wrote the model: {completed.stdout.strip()[-300:]!r}")
+    return ModelInfo.from_directory(match.group(1))
+

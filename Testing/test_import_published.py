@@ -290,3 +290,23 @@ def test_cli_imports_into_the_user_model_folder_and_the_pipeline_runs_it(rbg, tm
     assert result.pseudo_ct.GetSize() == case.input.GetSize()
     pseudo = np.asarray(__import__("SimpleITK").GetArrayViewFromImage(result.pseudo_ct))
     assert pseudo.min() >= -1100 and pseudo.std() > 0
+
+
+def test_the_slicer_module_imports_checkpoints_in_a_child_process(rbg, tmp_path):
+    """What the module's "Import model..." runs for .ckpt files: the conversion in a
+    child process (torch stays out of Slicer), the installed model returned, a failure
+    as the command's one-line message."""
+    import os
+    import sys
+
+    from RegisterByGenerationLib.errors import ModelError
+    from RegisterByGenerationLib.install import import_published_checkpoints
+    from RegisterByGenerationLib.runner import library_environment
+
+    _, files = rbg
+    env = library_environment({**os.environ, "RBG_MODELS_DIR": str(tmp_path / "models"), "OMP_NUM_THREADS": "1"})
+    info = import_published_checkpoints(list(files.values()), sys.executable, env=env)
+    assert info.name == "published-rbg" and info.path == tmp_path / "models" / "published-rbg"
+    with pytest.raises(ModelError, match=r"^\S+published-rbg: already exists; pass --force to replace it$"):
+        import_published_checkpoints(list(files.values()), sys.executable, env=env)
+

@@ -369,3 +369,108 @@ def test_invalid_nodes_start_nothing(mrml, real_ct_path, tmp_path):
     with pytest.raises(ValueError, match="must be different"):
         task.start()
     assert task.process is None and os.listdir(tmp_path) == []
+
+
+# --------------------------------------------------------------------------- the module's Logic
+
+
+class _Timer:
+    """Stands in for qt.QTimer: the test fires it by hand (the event loop's part)."""
+
+    def __init__(self):
+        self.slot, self.active = None, False
+
+    def setInterval(self, milliseconds):
+        self.interval = milliseconds
+
+    def connect(self, signal, slot):
+        assert signal == "timeout()"
+        self.slot = slot
+
+    def start(self):
+        self.active = True
+
+    def stop(self):
+        self.active = False
+
+
+def _base(name):
+    return type(name, (), {"__init__": lambda self, *args: None})
+
+
+@pytest.fixture
+def module_logic(mrml, tmp_path, monkeypatch):
+    """The module file itself, imported with real MRML and stand-ins for the Qt side only:
+    qt (the QTimer), slicer.i18n, the parameter-node wrapper, the scripted-module bases
+    and slicer.app (temporary folder, processEvents, no layout manager)."""
+    import importlib.util
+    import types
+
+    scene, _ = mrml
+    timers = []
+    fake_qt = types.ModuleType("qt")
+    fake_qt.QTimer = lambda: timers.append(_Timer()) or timers[-1]
+    i18n = types.ModuleType("slicer.i18n")
+    i18n.tr, i18n.translate = (lambda text: text), (lambda context, text: text)
+    wrapper = types.ModuleType("slicer.parameterNodeWrapper")
+    wrapper.parameterNodeWrapper = lambda cls: cls
+    scripted = types.ModuleType("slicer.ScriptedLoadableModule")
+    for name in ("ScriptedLoadableModule", "ScriptedLoadableModuleWidget", "ScriptedLoadableModuleLogic", "ScriptedLoadableModuleTest"):
+        setattr(scripted, name, _base(name))
+    scripted.__all__ = [n for n in vars(scripted) if n.startswith("Scripted")]
+    for name, module in (("qt", fake_qt), ("slicer.i18n", i18n), ("slicer.parameterNodeWrapper", wrapper), ("slicer.ScriptedLoadableModule", scripted)):
+        monkeypatch.setitem(sys.modules, name, module)
+    app = types.SimpleNamespace(temporaryPath=str(tmp_path), slicerHome=str(tmp_path), processEvents=lambda: None,
+                                layoutManager=lambda: None, testingEnabled=lambda: True)  # fmt: skip
+    monkeypatch.setattr(slicer, "app", app, raising=False)
+    monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
+    spec = importlib.util.spec_from_file_location("RegisterByGenerationModuleUnderTest", REPO / "RegisterByGeneration" / "RegisterByGeneration.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "python_slicer_executable", lambda home: sys.executable)  # no PythonSlicer here
+    return module.RegisterByGenerationLogic(), scene, timers
+
+
+def test_the_logic_runs_blocking_and_asynchronously(module_logic, phantom_case, tiny_mr_model, tmp_path, monkeypatch):
+    """Logic.process as the console and the GUI call it, against a real rbg run child:
+    blocking returns the result; asynchronous returns at once, the QTimer's polls drive
+    it, the completion callback gets the result and the timer stops; Cancel reports a
+    cancel and leaves the scene alone; a second run into the same nodes reuses them."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    logic, scene, timers = module_logic
+    mr = _add_volume(scene, phantom_case / "mr.nii.gz", "mr")
+    ct = _add_volume(scene, phantom_case / "ct.nii.gz", "ct")
+    options = dict(modality="MR", model=str(tiny_mr_model), device="cpu", prealign=False, threads=1)
+    result = logic.process(mr, ct, boneMethod="threshold", **options)
+    assert result.success and not logic.isRunning()
+    assert scenelib.sameGeometry(scenelib.worldGeometry(result.outputVolume), scenelib.worldGeometry(mr), 1e-6)
+
+    completed = []
+    nodes = scene.GetNumberOfNodes()
+    assert logic.process(mr, ct, result.outputVolume, result.boneSegmentation, boneMethod="threshold", waitForCompletion=False,
+                         completedCallback=completed.append, **options) is None  # fmt: skip
+    timer = timers[-1]
+    assert logic.isRunning() and timer.active
+    with pytest.raises(RuntimeError, match="already running"):
+        logic.process(mr, ct, **options)
+    deadline = time.monotonic() + 240
+    while not completed:
+        assert time.monotonic() < deadline
+        timer.slot()
+        time.sleep(0.05)
+    assert completed[0].success and completed[0].outputVolume is result.outputVolume and completed[0].boneSegmentation is result.boneSegmentation
+    assert not timer.active and not logic.isRunning() and scene.GetNumberOfNodes() == nodes
+
+    cancelled, progress = [], []
+    logic.process(mr, ct, boneMethod="none", waitForCompletion=False, completedCallback=cancelled.append,
+                  progressCallback=lambda *event: progress.append(event), **{**options, "prealign": True})  # fmt: skip
+    while not progress:
+        assert time.monotonic() < deadline + 120
+        timers[-1].slot()
+        time.sleep(0.02)
+    logic.cancel()
+    while not cancelled:
+        assert time.monotonic() < deadline + 180
+        timers[-1].slot()
+        time.sleep(0.05)
+    assert cancelled[0].cancelled and scene.GetNumberOfNodes() == nodes and os.listdir(tmp_path) == []
