@@ -535,6 +535,7 @@ def test_a_stage1_only_run_exports_a_stage1_model(trained_run, tmp_path):
     info = export_run(stage1_run, tmp_path / "model", name="s1", pseudo_ct_output="stage1")
     card = json.loads((tmp_path / "model" / "model.json").read_text())["training"]
     assert list(card["epochs"]) == ["stage1"] and info.pseudo_ct_output == "stage1"
+    assert card["exported_checkpoint"] == "stage1/best.pt"
     model = load_model(info)
     expected = load_checkpoint(stage1_run / "stage1" / "best.pt")["model"]
     for key, value in model.stage1.state_dict().items():

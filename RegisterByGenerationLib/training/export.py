@@ -139,7 +139,7 @@ def model_card(run_dir: str | os.PathLike, checkpoint: str = "best", trained: tu
         "processes": last_checkpoint["world_size"],
         "feature_networks": last_checkpoint["feature_networks"],
         "phases": phases,
-        "exported_checkpoint": f"stage2/{checkpoint}.pt",
+        "exported_checkpoint": f"{trained[-1]}/{checkpoint}.pt",  # the last phase holds every network
         "library_version": __version__,
         "note": (
             ("Trained on synthetic phantoms only. " if synthetic else "")
