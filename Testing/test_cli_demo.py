@@ -27,9 +27,18 @@ def test_demo_writes_results_and_scores_against_the_truth(tmp_path, capsys):
     assert 0.0 <= scores["pseudo_ct"]["bone_dice_labels"] <= 1.0
     for name in ("pseudo_ct.nii.gz", "bones.seg.nrrd", "overview.png", "report.json"):
         assert (out / "result" / name).is_file(), name
-    # The demo case has the bundled models' training size (they run at its own spacing).
+    # The demo case is DEMO_SIZE (~3 mm voxels).
     (input_file,) = (out / "data").glob("*/cbct.nii.gz")
     assert sitk.ReadImage(str(input_file)).GetSize() == DEMO_SIZE
+
+
+def test_a_model_whose_pseudo_ct_is_stage1_is_not_scored_twice(tmp_path, capsys):
+    """Its pseudo-CT is Stage 1's: the demo shows no "Stage 1 alone" column equal to it."""
+    model = make_tiny_model(tmp_path / "model", "mr", pseudo_ct_output="stage1").path
+    out = tmp_path / "demo"
+    assert main(["demo", "-o", str(out), "--modality", "mr", "--model", str(model), "--device", "cpu", "--bones", "none", "--no-baselines"]) == 0
+    assert "Stage 1 alone" not in capsys.readouterr().out
+    assert set(json.loads((out / "evaluation.json").read_text())) == {"pseudo_ct", "rigid_reference"}
 
 
 def test_demo_with_a_model_for_the_other_modality_fails_cleanly(tmp_path, capsys):
