@@ -199,8 +199,11 @@ def test_a_signal_midway_stops_cleanly_and_writes_nothing(signum, case, tiny_mr_
     try:
         for line in process.stdout:
             event = parse_progress_line(line)
-            if event is not None and event[1] == "generate":
-                break  # the networks are running: a signal now lands midway
+            if event is not None and event[1] == "prealign":
+                # The run has started its work. The tiny model's whole generate stage takes
+                # milliseconds (a signal sent then could miss the end of the run); the rigid
+                # pre-alignment takes seconds: a signal now lands midway.
+                break
         process.send_signal(signum)
         _, err = process.communicate(timeout=60)
     finally:
