@@ -337,11 +337,14 @@ def test_registered_pixel_target_feeds_the_reference_and_compares_with_the_regis
     assert losses["total"] == pytest.approx(losses["pixel"], rel=1e-6)
 
 
-def test_resume_continues_exactly(phantom_data, trained_run, tmp_path):
-    """Stopping after epoch 1 and resuming gives the same epoch 2 as an uninterrupted run."""
+@pytest.mark.parametrize("decay", [0.0, 0.5])
+def test_resume_continues_exactly(phantom_data, trained_run, tmp_path, decay):
+    """Stopping after epoch 1 and resuming gives the same epoch 2 as an uninterrupted run,
+    with and without a weight average."""
     run, _, _ = trained_run
-    config = TrainingConfig.tiny()
+    config = TrainingConfig.tiny(weight_average_decay=decay)
     config.stage1.epochs = 2
+    config.stage1.samples_per_epoch = 8
     config.augment.enabled = True
     results = {}
     for name in ("straight", "interrupted"):
@@ -360,8 +363,34 @@ def test_resume_continues_exactly(phantom_data, trained_run, tmp_path):
     assert resumed["epoch"] == 2
     for key in ("train_total", "train_nce", "train_cx", "train_gan", "train_discriminator", "val_mae"):
         assert resumed["history"][1][key] == pytest.approx(straight["history"][1][key], rel=1e-6, abs=1e-7), key
-    for key, value in straight["model"].items():
-        torch.testing.assert_close(resumed["model"][key], value, rtol=1e-6, atol=1e-7, msg=key)
+    for weights in ("model", "live_model") if decay else ("model",):
+        for key, value in straight[weights].items():
+            torch.testing.assert_close(resumed[weights][key], value, rtol=1e-6, atol=1e-7, msg=key)
+    if decay:  # the checkpoint's model is the average, not the last step's weights
+        assert any(not torch.equal(straight["model"][k], v) for k, v in straight["live_model"].items())
+
+
+def test_weight_average_is_the_exponential_moving_average_and_swaps_in_and_out():
+    """After steps with weights w1, w2, w3 the average is d²·w1 + d(1−d)·w2 + (1−d)·w3 (the
+    first step copies); inside ``swapped_into`` the network holds it, after it the live
+    weights again."""
+    from RegisterByGenerationLib.training.averaging import WeightAverage
+
+    net = torch.nn.Linear(3, 2)
+    decay, steps = 0.8, [torch.randn(2, 3) for _ in range(3)]
+    average = None
+    for weight in steps:
+        with torch.no_grad():
+            net.weight.copy_(weight)
+        average = average or WeightAverage(net, decay)
+        average.update(net)
+    expected = decay**2 * steps[0] + decay * (1 - decay) * steps[1] + (1 - decay) * steps[2]
+    torch.testing.assert_close(average.weights()["weight"], expected)
+    with average.swapped_into(net):
+        torch.testing.assert_close(net.weight.detach(), expected)
+    torch.testing.assert_close(net.weight.detach(), steps[2])
+    with pytest.raises(InputError, match="weight_average_decay"):
+        TrainingConfig.tiny(weight_average_decay=1.0)
 
 
 # --------------------------------------------------------------------------- data

@@ -151,6 +151,11 @@ class TrainingConfig:
     threshold, which is what bone Dice (and a bone segmentation of the pseudo-CT) counts.
     It needs a fixed HU scale of the reference (``ct_window`` normalisation).
 
+    ``weight_average_decay`` > 0 keeps an exponential moving average of the weights
+    (:class:`~.averaging.WeightAverage`, updated after every step); validation scores it
+    and the checkpoints' ``model`` is it, so ``best.pt``, the next phase and the export
+    use the average instead of the last step's noisy weights. 0 (off) in every preset.
+
     ``pixel_target = "registered"`` compares both pixel terms instead with the reference
     registered onto the input by a classical method (``target_registration``: elastix
     rigid + B-spline on a 40 mm grid, or ANTs SyN, as ``rbg benchmark`` runs them;
@@ -205,6 +210,7 @@ class TrainingConfig:
     discriminator_layers: int = 3
     stage2_reference_shift_px: int = 10
     augment: AugmentSettings = field(default_factory=AugmentSettings)
+    weight_average_decay: float = 0.0
     num_workers: int = 0
 
     def __post_init__(self) -> None:
@@ -241,6 +247,8 @@ class TrainingConfig:
                 raise InputError(f"the bone weights need the reference's ct_window normalisation (a fixed HU scale), got {self.normalization['reference']}")
             if not self.bone_softness_hu > 0:
                 raise InputError(f"bone_softness_hu must be positive, got {self.bone_softness_hu!r}")
+        if not 0 <= self.weight_average_decay < 1:
+            raise InputError(f"weight_average_decay must be in [0, 1) (0: off), got {self.weight_average_decay!r}")
         if self.pixel_target not in PIXEL_TARGETS:
             raise InputError(f"pixel_target must be one of {', '.join(PIXEL_TARGETS)}, got {self.pixel_target!r}")
         if self.target_registration not in TARGET_REGISTRATIONS:

@@ -29,6 +29,7 @@ import platform
 import shutil
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ from ..metrics import bone_dice_by_threshold, gradient_correlation, mae, psnr
 from ..networks import build_model
 from ..pipeline import select_device
 from .config import PHASES, TrainingConfig
+from .averaging import WeightAverage
 from .data import CachedCase, SliceCropDataset, find_cases, load_case, split_cases, validation_slices
 from .distributed import DistributedContext, all_reduce_mean, barrier, broadcast_flag, init_distributed
 from .phases import Phase, build_phase, feature_network_description
@@ -233,6 +235,7 @@ class Trainer:
         sample_generator = torch.Generator().manual_seed(_seed(config.seed, index, context.rank, 1))
         noise_generator = torch.Generator(device=context.device).manual_seed(_seed(config.seed, index, context.rank, 2))
         step = build_phase(phase, model, config, context, sample_generator, noise_generator)
+        average = WeightAverage(model, config.weight_average_decay) if config.weight_average_decay > 0 else None
         schedulers = {
             name: torch.optim.lr_scheduler.MultiStepLR(optimizer, config.milestones(settings.epochs), config.lr_gamma)
             for name, optimizer in step.optimizers.items()
@@ -240,7 +243,7 @@ class Trainer:
         metric, mode = self._best_metric(phase)
         state = {"epoch": 0, "best_value": None, "best_epoch": 0, "history": [], "wall_time_s": 0.0}
         if resume and last.is_file():
-            state = self._restore(load_checkpoint(last), model, step, schedulers, sample_generator, noise_generator)
+            state = self._restore(load_checkpoint(last), model, step, schedulers, sample_generator, noise_generator, average)
             logger.info("%s: resumed after epoch %d", phase, state["epoch"])
         if context.is_main:
             folder.mkdir(parents=True, exist_ok=True)
@@ -271,6 +274,8 @@ class Trainer:
             for batch in batches:
                 for name, value in step.train_step(batch).items():
                     sums[name] = sums.get(name, 0.0) + value
+                if average is not None:
+                    average.update(model)
                 if hasattr(batches, "set_postfix"):
                     batches.set_postfix(loss=f"{sums['total'] / (batches.n + 1):.4f}", refresh=False)
             row: dict[str, Any] = {"epoch": epoch + 1, "lr": _current_lr(step)}
@@ -281,7 +286,8 @@ class Trainer:
                 row["replicas_in_sync"] = _replicas_agree(model, context)
             improved = False
             if context.is_main:
-                row.update(self.validate(step))
+                with average.swapped_into(model) if average is not None else nullcontext():
+                    row.update(self.validate(step))
                 value = row.get(metric, float(epoch + 1))
                 improved = _better(value, state["best_value"], mode)
                 if improved:
@@ -290,7 +296,7 @@ class Trainer:
                 row["seconds"] = round(time.perf_counter() - start, 2)
                 state["epoch"] = epoch + 1
                 state["history"].append(row)
-                self._save(last, model, step, schedulers, sample_generator, noise_generator, state, phase)
+                self._save(last, model, step, schedulers, sample_generator, noise_generator, state, phase, average)
                 if improved:
                     _copy_atomic(last, best_path)
                 _append_csv(folder / "log.csv", row)
@@ -363,7 +369,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def _save(self, path: Path, model, step: Phase, schedulers, sample_generator, noise_generator, state, phase: str) -> None:
+    def _save(self, path: Path, model, step: Phase, schedulers, sample_generator, noise_generator, state, phase: str,
+              average: WeightAverage | None) -> None:
+        """Write a checkpoint; with a weight average its ``model`` is the average (what
+        validation scored, the next phase starts from and the export reads) and the live
+        weights ride along for ``--resume``."""
+        live = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         rng = {"torch": torch.get_rng_state(), "sample": sample_generator.get_state(), "noise": noise_generator.get_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -372,7 +383,7 @@ class Trainer:
             "phase": phase,
             "library_version": __version__,
             "config": self.config.to_dict(),
-            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "model": average.weights() if average is not None else live,
             "extras": {name: module.state_dict() for name, module in step.extras.items()},
             "optimizers": {name: optimizer.state_dict() for name, optimizer in step.optimizers.items()},
             "schedulers": {name: scheduler.state_dict() for name, scheduler in schedulers.items()},
@@ -386,13 +397,19 @@ class Trainer:
             "hardware": hardware_description(self.context.device),
             "world_size": self.context.world_size,
         }
+        if average is not None:
+            checkpoint["live_model"] = live
+            checkpoint["weight_average"] = average.state_dict()
         with atomic_path(path) as tmp:
             torch.save(checkpoint, tmp)
 
-    def _restore(self, checkpoint, model, step: Phase, schedulers, sample_generator, noise_generator) -> dict[str, Any]:
+    def _restore(self, checkpoint, model, step: Phase, schedulers, sample_generator, noise_generator,
+                 average: WeightAverage | None) -> dict[str, Any]:
         if checkpoint["config"] != self.config.to_dict():
             raise InputError(f"{self.run_dir}: the checkpoint was written with another configuration")
-        model.load_state_dict(checkpoint["model"], strict=True)
+        model.load_state_dict(checkpoint.get("live_model", checkpoint["model"]), strict=True)
+        if average is not None:
+            average.load_state_dict(checkpoint["weight_average"])
         for name, module in step.extras.items():
             module.load_state_dict(checkpoint["extras"][name], strict=True)
         for name, optimizer in step.optimizers.items():
