@@ -29,7 +29,7 @@ from slicer.util import VTKObservationMixin
 # Only the standard library is imported by these modules; torch & co. stay out of Slicer.
 from RegisterByGenerationLib import install
 from RegisterByGenerationLib.modelstore import list_models, user_models_dir
-from RegisterByGenerationLib.runner import library_environment, python_slicer_executable
+from RegisterByGenerationLib.runner import METHODS_WITHOUT_MODEL, library_environment, python_slicer_executable
 from RegisterByGenerationSceneLib import PseudoCtTask, sameGeometry, validationError, worldGeometry
 
 #
@@ -70,6 +70,24 @@ class Modality(enum.Enum):
         return self.value.upper()
 
 
+class Method(enum.Enum):
+    AUTO, RBG, REGISTFORMER, STN_FUSION, RIGID, SYN, ELASTIX = "auto", "rbg", "registformer", "stn-fusion", "rigid", "syn", "elastix"
+
+    def label(self):
+        return {"auto": _("Automatic (the model's own)"), "rbg": _("Register by Generation"), "registformer": _("RegistFormer"),
+                "stn-fusion": _("STN + early fusion (3-D)"), "rigid": _("Rigid registration only"), "syn": _("ANTs SyN"),
+                "elastix": _("elastix B-spline")}[self.value]  # fmt: skip
+
+    @property
+    def argument(self):
+        """What ``rbg run --method`` gets: None for the model's own method."""
+        return None if self is Method.AUTO else self.value
+
+    @property
+    def takesModel(self):
+        return self.value not in METHODS_WITHOUT_MODEL
+
+
 class Device(enum.Enum):
     AUTO, CUDA, CPU = "auto", "cuda", "cpu"
 
@@ -98,6 +116,7 @@ class RegisterByGenerationParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
     referenceVolume: vtkMRMLScalarVolumeNode
     modality: Modality = Modality.MR
+    method: Method = Method.AUTO
     model: str = ""
     device: Device = Device.AUTO
     threads: int = 0  # 0: automatic; the spin box limits it to 0-256
@@ -120,7 +139,7 @@ class RegisterByGenerationWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._modelListModality = None
+        self._modelListKey = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -197,19 +216,24 @@ class RegisterByGenerationWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         self.ui.applyButton.toolTip = reason or _("Generate the pseudo-CT (and the bone segmentation)")
 
     def _updateModelList(self) -> None:
-        """Fill the model list with the installed models of the selected modality."""
-        modality = self._parameterNode.modality.value
+        """Fill the model list with the installed models of the selected modality and method
+        (none for a method without a model)."""
+        modality, method = self._parameterNode.modality.value, self._parameterNode.method
         wanted = self._parameterNode.model
-        if modality == self._modelListModality and self.ui.modelComboBox.currentData == wanted:
+        if (modality, method) == self._modelListKey and self.ui.modelComboBox.currentData == wanted:
             return
-        self._modelListModality = modality
+        self._modelListKey = (modality, method)
         combo = self.ui.modelComboBox
         wasBlocked = combo.blockSignals(True)
         combo.clear()
-        combo.addItem(_("Default for {modality}").format(modality=modality.upper()), "")
-        for info in list_models():
-            if info.modality == modality:
-                combo.addItem(f"{info.name} ({info.summary()['stage1'] or 'model'})", info.name)
+        combo.enabled = method.takesModel
+        if not method.takesModel:
+            combo.addItem(_("None: {method} registers the reference CT").format(method=method.label()), "")
+        else:
+            combo.addItem(_("Default for {modality}").format(modality=modality.upper()), "")
+            for info in list_models():
+                if info.modality == modality and method.argument in (None, info.method):
+                    combo.addItem(f"{info.name} ({info.method})", info.name)
         index = max(0, combo.findData(wanted))
         combo.setCurrentIndex(index)
         combo.blockSignals(wasBlocked)
@@ -234,7 +258,7 @@ class RegisterByGenerationWidget(ScriptedLoadableModuleWidget, VTKObservationMix
                 info = install.import_model_folder(os.path.dirname(paths[0]))
             else:
                 raise ValueError(_("Select either one model.json or the published .ckpt files, not both."))
-            self._modelListModality = None  # force a refresh
+            self._modelListKey = None  # force a refresh
             self._parameterNode.modality = Modality(info.modality)
             self._parameterNode.model = info.name
             self._checkCanApply()
@@ -254,7 +278,7 @@ class RegisterByGenerationWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         with slicer.util.tryWithErrorDisplay(_("Failed to start the processing."), waitCursor=True):
             self.logic.process(
                 p.inputVolume, p.referenceVolume, p.outputVolume, p.outputSegmentation,
-                modality=p.modality.value, model=p.model or None, device=p.device.value, prealign=p.prealign,
+                modality=p.modality.value, method=p.method.argument, model=p.model or None, device=p.device.value, prealign=p.prealign,
                 boneMethod=p.boneMethod.value, threads=p.threads or None, precision=p.precision.value, waitForCompletion=False,
                 progressCallback=self.onProgress, logCallback=self.onLog, completedCallback=self.onCompleted)
             started = True
@@ -321,7 +345,7 @@ class RegisterByGenerationLogic(ScriptedLoadableModuleLogic):
 
     validationError = staticmethod(validationError)
 
-    def process(self, inputVolume, referenceVolume, outputVolume=None, boneSegmentation=None, modality="MR", model=None, device="auto",
+    def process(self, inputVolume, referenceVolume, outputVolume=None, boneSegmentation=None, modality="MR", model=None, method=None, device="auto",
                 prealign=True, boneMethod="auto", threads=None, precision="auto", waitForCompletion=True, progressCallback=None,
                 logCallback=None, completedCallback=None):
         """Generate the pseudo-CT of ``inputVolume`` with the texture of ``referenceVolume``.
@@ -329,6 +353,7 @@ class RegisterByGenerationLogic(ScriptedLoadableModuleLogic):
         :param outputVolume: receives the pseudo-CT (HU, exactly the input's geometry); None creates "<input> pseudo-CT".
         :param boneSegmentation: receives one segment per bone; None creates "<input> bones" (unless boneMethod is "none").
         :param modality: "MR" or "CBCT". :param model: installed model name or folder; None for the default.
+        :param method: "rbg", "registformer", "stn-fusion", "rigid", "syn" or "elastix"; None for the model's own.
         :param device: "auto", "cuda", "cuda:N" or "cpu". :param boneMethod: "auto", "totalsegmentator", "threshold" or "none".
         :param threads: CPU threads (None: OMP_NUM_THREADS if set, else all cores). :param precision: "auto", "float32" or "bfloat16".
         :param waitForCompletion: True blocks until done and returns a RegisterByGenerationResult (raises RuntimeError
@@ -341,7 +366,8 @@ class RegisterByGenerationLogic(ScriptedLoadableModuleLogic):
         reason = validationError(inputVolume, referenceVolume, outputVolume)
         if reason:
             raise ValueError(reason)
-        runOptions = dict(modality=_choice(modality, Modality), model=model, device=str(device), prealign=prealign,
+        method = None if method in (None, "", Method.AUTO) else _choice(method, Method)
+        runOptions = dict(modality=_choice(modality, Modality), model=model, method=method, device=str(device), prealign=prealign,
                           bones=_choice(boneMethod, BoneMethod), threads=threads, precision=precision)  # fmt: skip
         if self.isRunning():
             raise RuntimeError(_("A pseudo-CT generation is already running; cancel it or wait for it."))

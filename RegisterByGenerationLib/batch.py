@@ -155,6 +155,7 @@ def run_batch(
     *,
     modality: str | None = None,
     model: str | os.PathLike | None = None,
+    method: str | None = None,
     device: str = "auto",
     precision: str = "auto",
     threads: int | None = None,
@@ -171,7 +172,7 @@ def run_batch(
         data_dir: folder of case folders (see the module docstring).
         out_dir: output root; ``out_dir/<ID>/`` gets the files of ``rbg run``.
         modality: ``"mr"``, ``"cbct"`` or None (inferred from the files).
-        model, device, precision, threads, prealign: as for :class:`~RegisterByGenerationLib.pipeline.Pipeline`.
+        model, method, device, precision, threads, prealign: as for :class:`~RegisterByGenerationLib.pipeline.Pipeline`.
         bones: bone segmentation method, as ``rbg run --bones`` (``none`` skips it).
         progress: overall progress callback (each case gets an equal share).
         cancel: set it to stop after the current slice batch; the summary is written.
@@ -217,7 +218,7 @@ def run_batch(
                 if pipeline is None:
                     from .pipeline import Pipeline
 
-                    pipeline = Pipeline(model, modality=modality, device=device, precision=precision, threads=threads, prealign=prealign)
+                    pipeline = Pipeline(model, method=method, modality=modality, device=device, precision=precision, threads=threads, prealign=prealign)
                 result = _run_case(pipeline, case, out_dir / case.case_id, bones, share, cancel)
             results.append(result)
             share(1.0, "case", f"{result.case_id}: {result.status}")

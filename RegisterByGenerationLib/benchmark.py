@@ -15,7 +15,9 @@ Methods, each giving a CT in HU on the input's exact grid:
   both, so they share its wall time and memory);
 - ``refined``: the pipeline with ``refine="demons"`` (the pre-aligned reference
   registered onto the generated CT by mono-modal demons, :mod:`.refine`);
-- ``registformer``: the pipeline with an installed model whose Stage 1 is ``adain``.
+- ``registformer``: the pipeline with an installed model whose Stage 1 is ``adain``;
+- ``stn-fusion``: the STN + early-fusion 3-D network (method ``stn-fusion``; its default
+  model of the modality, or ``stn_fusion_model``).
 
 Each (case, method) runs in a fresh worker process (``python -m
 RegisterByGenerationLib.benchmark``) with ``threads`` threads for torch, ITK, ANTs and
@@ -31,7 +33,6 @@ and data loading do not count. Metrics come from
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import logging
 import math
@@ -50,6 +51,7 @@ import SimpleITK as sitk
 
 from .errors import InputError, ModelError
 from .io import atomic_path, check_writable_dir, read_image, write_image
+from .methods.classical.registration import AIR_HU, ELASTIX_FINAL_GRID_MM, ants_to_sitk, missing_extra, run_baseline, sitk_to_ants
 
 __all__ = [
     "METHODS",
@@ -69,14 +71,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("input", "rigid", "syn", "elastix", "stage1", "rbg", "refined", "registformer")
-MODEL_METHODS = ("stage1", "rbg", "refined", "registformer")
-#: Python module each baseline needs -> the pip package of the ``benchmark`` extra.
-_EXTRAS = {"syn": ("ants", "antspyx"), "elastix": ("itk", "itk-elastix")}
+METHODS = ("input", "rigid", "syn", "elastix", "stage1", "rbg", "refined", "registformer", "stn-fusion")
+MODEL_METHODS = ("stage1", "rbg", "refined", "registformer", "stn-fusion")
 METRICS = ("mae", "psnr", "ssim", "bone_dice", "bone_hd95", "gradient_correlation", "nmi", "sharpness", "tv_z")
 COLUMNS = ("case", "kind", "modality", "method", *METRICS, "wall_s", "peak_mem_mb", "threads", "note")
-ELASTIX_FINAL_GRID_MM = 40.0
-AIR_HU = -1024.0
 
 
 @dataclass
@@ -126,104 +124,6 @@ def find_cases(data_dir: str | os.PathLike, cases: int | None = None) -> list[Be
     return found
 
 
-def missing_extra(method: str) -> str | None:
-    """None when ``method`` can run here, else why not (naming ``pip install -e .[benchmark]``)."""
-    if method not in _EXTRAS:
-        return None
-    module, package = _EXTRAS[method]
-    if importlib.util.find_spec(module) is None or (method == "elastix" and importlib.util.find_spec("itk_elastix") is None and importlib.util.find_spec("itk.elxParameterObjectPython") is None):
-        return f"method {method!r} needs the {package} package: pip install -e .[benchmark]"
-    return None
-
-
-# --- SimpleITK <-> ANTs / ITK (both LPS; arrays: SimpleITK [z, y, x], ANTs [x, y, z]) -----
-
-def sitk_to_ants(image: sitk.Image):
-    """ANTsImage (float32) with the same voxels, origin, spacing and direction."""
-    import ants
-
-    array = sitk.GetArrayFromImage(image).astype(np.float32).transpose(2, 1, 0)
-    direction = np.array(image.GetDirection(), dtype=float).reshape(3, 3)
-    return ants.from_numpy(np.ascontiguousarray(array), origin=list(image.GetOrigin()), spacing=list(image.GetSpacing()), direction=direction)
-
-
-def ants_to_sitk(image, like: sitk.Image | None = None) -> sitk.Image:
-    """SimpleITK float32 image of an ANTsImage; geometry from ``image`` (checked against ``like``)."""
-    out = sitk.GetImageFromArray(np.ascontiguousarray(image.numpy().transpose(2, 1, 0)).astype(np.float32))
-    out.SetOrigin(tuple(float(v) for v in image.origin))
-    out.SetSpacing(tuple(float(v) for v in image.spacing))
-    out.SetDirection(tuple(float(v) for v in np.asarray(image.direction).ravel()))
-    if like is not None:
-        if out.GetSize() != like.GetSize() or not np.allclose(out.GetOrigin(), like.GetOrigin(), atol=1e-4) or not np.allclose(out.GetDirection(), like.GetDirection(), atol=1e-6):
-            raise RuntimeError("ANTs returned an image off the input grid")
-        out.CopyInformation(like)
-    return out
-
-
-def _sitk_to_itk(image: sitk.Image):
-    import itk
-
-    out = itk.GetImageFromArray(sitk.GetArrayFromImage(image).astype(np.float32))
-    out.SetOrigin(image.GetOrigin())
-    out.SetSpacing(image.GetSpacing())
-    out.SetDirection(itk.matrix_from_array(np.array(image.GetDirection(), dtype=float).reshape(3, 3)))
-    return out
-
-
-def _run_syn(input_image: sitk.Image, reference_ct: sitk.Image, seed: int) -> sitk.Image:
-    import ants
-
-    fixed, moving = sitk_to_ants(input_image), sitk_to_ants(reference_ct)
-    registration = ants.registration(fixed=fixed, moving=moving, type_of_transform="SyN", random_seed=seed)
-    warped = ants.apply_transforms(fixed=fixed, moving=moving, transformlist=registration["fwdtransforms"], interpolator="linear", defaultvalue=AIR_HU)
-    return ants_to_sitk(warped, like=input_image)
-
-
-def _run_elastix(input_image: sitk.Image, reference_ct: sitk.Image, seed: int) -> sitk.Image:
-    import itk
-
-    parameters = itk.ParameterObject.New()
-    for name in ("rigid", "bspline"):
-        parameter_map = parameters.GetDefaultParameterMap(name)
-        parameter_map["DefaultPixelValue"] = [str(AIR_HU)]
-        parameter_map["RandomSeed"] = [str(seed)]
-        if name == "bspline":
-            parameter_map["FinalGridSpacingInPhysicalUnits"] = [str(ELASTIX_FINAL_GRID_MM)]
-        parameters.AddParameterMap(parameter_map)
-    # Threads come from ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS, never number_of_threads (#160).
-    warped, _ = itk.elastix_registration_method(_sitk_to_itk(input_image), _sitk_to_itk(reference_ct), parameter_object=parameters, log_to_console=False)
-    out = sitk.GetImageFromArray(itk.GetArrayFromImage(warped).astype(np.float32))
-    out.CopyInformation(input_image)
-    return out
-
-
-def run_baseline(method: str, input_image: sitk.Image, reference_ct: sitk.Image, *, modality: str, seed: int = 0) -> sitk.Image:
-    """Run ``input``, ``rigid``, ``syn`` or ``elastix``; return a CT in HU on the input grid
-    (``input``: the CBCT itself, float32).
-
-    Raises:
-        InputError: unknown method, ``input`` for an MR, or a package is missing (the
-            message says what to install).
-    """
-    reason = missing_extra(method)
-    if reason:
-        raise InputError(reason)
-    if method == "input":
-        if modality != "cbct":
-            raise InputError("run_baseline: method 'input' (the image as it is) is a CT only for CBCT input")
-        return sitk.Cast(input_image, sitk.sitkFloat32)
-    elif method == "rigid":
-        from .preprocess import prealign_reference
-
-        return prealign_reference(input_image, reference_ct, modality=modality, seed=seed)[1]
-    elif method == "syn":
-        return _run_syn(input_image, reference_ct, seed)
-    elif method == "elastix":
-        return _run_elastix(input_image, reference_ct, seed)
-    else:
-        raise InputError(f"run_baseline: method must be input, rigid, syn or elastix, got {method!r}")
-
-
 # --- the worker: one (case, method group) in a fresh process ----------------------------
 
 def _current_rss_mb() -> float:
@@ -252,12 +152,13 @@ def _worker(job: dict[str, Any]) -> dict[str, Any]:
         from .pipeline import Pipeline
 
         refine = "demons" if method == "refined" else "none"
-        pipeline = Pipeline(job["model"], modality=job["modality"], device="cpu", seed=job["seed"], refine=refine)
+        pipeline = Pipeline(job["model"], method="stn-fusion" if method == "stn-fusion" else None, modality=job["modality"], device="cpu",
+                            seed=job["seed"], refine=refine)  # fmt: skip
     baseline_mb = _current_rss_mb()
     start = time.perf_counter()
     if pipeline is not None:
         result = pipeline.run(input_image, reference_ct, keep_intermediate=True)
-        outputs = {"stage1": result.stage1, "rbg": result.pseudo_ct, "refined": result.pseudo_ct, "registformer": result.pseudo_ct}
+        outputs = {"stage1": result.stage1, "rbg": result.pseudo_ct, "refined": result.pseudo_ct, "registformer": result.pseudo_ct, "stn-fusion": result.pseudo_ct}
         outputs = {key: outputs[key] for key in job["outputs"]}
     else:
         outputs = {method: run_baseline(method, input_image, reference_ct, modality=job["modality"], seed=job["seed"])}
@@ -298,6 +199,21 @@ def _registformer_model(modality: str) -> str | None:
     return None
 
 
+def _method_model(method: str, model: str | None, modality: str) -> str | None:
+    """The model folder ``method`` runs on ``modality`` cases: ``model`` (which must be one
+    of the method's), else the method's default, else None (not installed)."""
+    from .methods import get_method, resolve
+
+    if model is None and modality not in get_method(method).default_models:
+        return None
+    try:
+        return str(resolve(method, model, modality)[1].path)
+    except ModelError:
+        if model is not None:
+            raise
+        return None  # the default model is not installed
+
+
 def run_benchmark(
     data_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -306,6 +222,7 @@ def run_benchmark(
     cases: int | None = None,
     threads: int = 2,
     models: dict[str, str] | None = None,
+    stn_fusion_model: str | None = None,
     seed: int = 0,
     keep_images: bool = False,
     timeout_s: float | None = 3600.0,
@@ -323,6 +240,8 @@ def run_benchmark(
         threads: threads of every method (torch, ITK, ANTs, elastix).
         models: modality -> model name or folder for ``stage1``/``rbg`` (default: the
             default model of each modality).
+        stn_fusion_model: model name or folder for ``stn-fusion`` (default: the method's
+            default model of each modality; skipped with a note where there is none).
         seed: seed of every method's random sampling.
         keep_images: also keep every method's output image under ``out_dir/images``.
         timeout_s: per-job time limit in seconds.
@@ -358,6 +277,8 @@ def run_benchmark(
             model_for[("rbg", modality)] = str(info.path)
         if "registformer" in methods:
             model_for[("registformer", modality)] = _registformer_model(modality)
+        if "stn-fusion" in methods:
+            model_for[("stn-fusion", modality)] = _method_model("stn-fusion", stn_fusion_model, modality)
     out = check_writable_dir(out_dir)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="rbg-benchmark-") as scratch:
@@ -369,12 +290,16 @@ def run_benchmark(
             groups = _job_groups(methods)
             for group in groups:
                 base = {"case": case.case_id, "kind": case.kind, "modality": case.modality, "threads": threads}
-                model = model_for.get(("registformer" if group == ("registformer",) else "rbg", case.modality))
+                model = model_for.get((group[0] if group[0] in ("registformer", "stn-fusion") else "rbg", case.modality))
                 if group == ("input",) and case.modality != "cbct":
                     continue  # an MR is no CT: nothing to compare
                 if group == ("registformer",) and model is None:
                     rows.append({**base, "method": "registformer", "note": f"skipped: no installed {case.modality} model with an adain Stage 1"})
                     progress(f"{case.case_id} registformer: skipped (no adain model)")
+                    continue
+                if group == ("stn-fusion",) and model is None:
+                    rows.append({**base, "method": "stn-fusion", "note": f"skipped: no {case.modality} stn-fusion model installed (--stn-fusion-model)"})
+                    progress(f"{case.case_id} stn-fusion: skipped (no model)")
                     continue
                 job = {"method": group[0], "outputs": list(group), "input": str(case.input_path), "reference": str(case.folder / "ct.nii.gz"),
                        "modality": case.modality, "threads": threads, "seed": seed, "model": model, "out_dir": str(case_dir)}

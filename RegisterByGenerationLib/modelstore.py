@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelError
+from .errors import InputError, ModelError
 from .atomic import fsync_file, new_sibling_dir
 
 __all__ = [
@@ -60,6 +60,15 @@ class ModelInfo:
     @property
     def modality(self) -> str:
         return self.metadata["modality"]
+
+    @property
+    def method(self) -> str:
+        """The method the model is for (:mod:`~RegisterByGenerationLib.methods`): the card's
+        ``method``; cards written before it say ``registformer`` by an AdaIN/MUNIT Stage 1."""
+        if "method" in self.metadata:
+            return self.metadata["method"]
+        stage1 = self.metadata["architecture"].get("stage1", {}) if isinstance(self.metadata["architecture"], dict) else {}
+        return "registformer" if stage1.get("kind") in ("adain", "munit") else "rbg"
 
     @property
     def sha256(self) -> str:
@@ -122,6 +131,8 @@ class ModelInfo:
             raise ModelError(f"{card}: missing keys {', '.join(missing)}")
         if metadata["format_version"] != FORMAT_VERSION:
             raise ModelError(f"{card}: format_version {metadata['format_version']} is not supported (expected {FORMAT_VERSION})")
+        if not isinstance(metadata.get("method", ""), str):
+            raise ModelError(f"{card}: method must be a method name, got {metadata['method']!r}")
         if metadata["modality"] not in MODALITIES:
             raise ModelError(f"{card}: modality {metadata['modality']!r} is not one of {MODALITIES}")
         if metadata.get("pseudo_ct_output", "stage2") not in ("stage1", "stage2"):
@@ -136,6 +147,7 @@ class ModelInfo:
         """The facts ``rbg models list`` shows and reports record."""
         return {
             "name": self.name,
+            "method": self.method,
             "modality": self.modality,
             "path": str(self.path),
             "version": self.metadata.get("version", ""),
@@ -214,7 +226,7 @@ def load_model(info: ModelInfo, device: Any = "cpu"):
     """Build the network from ``info``'s config and load its checked weights strictly.
 
     Returns:
-        The ``RbgModel`` in eval mode on ``device``.
+        The network (an ``RbgModel`` for the slice methods) in eval mode on ``device``.
 
     Raises:
         ModelError: weights missing, checksum mismatch, or weights not matching the config.
@@ -222,7 +234,7 @@ def load_model(info: ModelInfo, device: Any = "cpu"):
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from .networks import build_from_architecture
+    from .methods import get_method
 
     weights = info.path / info.metadata["weights"].get("file", WEIGHTS_FILE)
     if not weights.is_file():
@@ -231,9 +243,11 @@ def load_model(info: ModelInfo, device: Any = "cpu"):
     if actual != info.sha256:
         raise ModelError(f"{weights}: sha256 {actual[:12]}… does not match model.json ({info.sha256[:12]}…); the file is corrupt or replaced")
     try:
-        model = build_from_architecture(info.metadata["architecture"])
+        model = get_method(info.method).build_network(info.metadata["architecture"])
         state = load_file(str(weights), device="cpu")
         model.load_state_dict(state, strict=True)
+    except InputError as error:
+        raise ModelError(f"{info.path}: {error}") from None
     except (ValueError, TypeError, KeyError, RuntimeError, SafetensorError) as error:
         message = str(error).strip().splitlines()[0]
         raise ModelError(f"{info.path}: weights do not match the architecture in {MODEL_FILE} ({message})") from error

@@ -6,17 +6,20 @@
     result = pipeline.run(read_image("mr.nii.gz"), read_image("ct.nii.gz"))
     process_case(pipeline, "mr.nii.gz", "ct.nii.gz", "out/")   # files to files: case.py
 
-Per case: rigid pre-alignment of the reference CT to the input (optional), resampling of
-the reference onto the input grid, the slice canvas of the model (reorientation,
-in-plane spacing, pad/crop), intensity normalisation, slice batches through
-Stage 1 → registration → Stage 2, and the exact inverse of every step back to the
-input's grid. Progress goes to a callback; a ``threading.Event`` cancels between batches,
-and nothing is written by ``run`` itself, so a cancelled run leaves no files.
+Per case: the input checks, rigid pre-alignment of the reference CT to the input
+(optional) and its resampling onto the input grid; then the method
+(:mod:`~RegisterByGenerationLib.methods`: RbG or RegistFormer slice by slice on the model
+canvas, the STN-fusion 3-D network, or a classical registration) makes the pseudo-CT on
+the input grid; outside the input's field of view the pre-aligned reference fills in.
+Progress goes to a callback; a ``threading.Event`` cancels between steps and batches, and
+nothing is written by ``run`` itself, so a cancelled run leaves no files.
+
+    Pipeline(method="syn", modality="cbct")             # a classical method: no model
+    Pipeline("stn-fusion-cbct-lite", modality="cbct")   # the model's card names its method
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
@@ -28,18 +31,18 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .errors import Cancelled, InputError, ModelError, TensorError
+from .errors import Cancelled, InputError
 from .fov import blend_outside, field_of_view
-from .geometry import CanvasGrid
-from .intensity import normalization_from_config
-from .modelstore import ModelInfo, default_model_name, find_model, load_model
-from .plausibility import check_memory, check_modalities, estimate_peak_bytes
+from .methods import Method, MethodInputs, resolve
+from .methods.canvas import NATIVE_SPACING_TOLERANCE, conditions_warnings
+from .plausibility import check_modalities
 from .prealign import check_overlap
-from .preprocess import AIR_HU, normalise_input, prealign_reference
+from .preprocess import prealign_reference
 from .progress import ProgressCallback, SubProgress
 from .refine import REFINEMENTS, register_onto_generated
 
-__all__ = ["Pipeline", "PipelineResult", "select_device", "select_precision", "conditions_warnings", "PRECISIONS", "OUTPUT_FILES", "FOV_BLEND_MM"]
+__all__ = ["Pipeline", "PipelineResult", "select_device", "select_precision", "conditions_warnings", "PRECISIONS", "OUTPUT_FILES", "FOV_BLEND_MM",
+           "NATIVE_SPACING_TOLERANCE"]
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +120,7 @@ class PipelineResult:
     stage1: sitk.Image | None = None
     flow_magnitude: sitk.Image | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    method: str = "rbg"
     device: str = "cpu"
     batch_size: int = 0
     canvas: dict[str, Any] = field(default_factory=dict)
@@ -125,33 +129,37 @@ class PipelineResult:
 
 
 class Pipeline:
-    """Load a model once; generate pseudo-CTs for many (input, reference CT) pairs.
+    """Load a method (and its model) once; make pseudo-CTs for many (input, reference CT) pairs.
 
     Args:
         model: installed model name, model directory, or None for the default model of
-            ``modality``.
+            ``method`` and ``modality``.
+        method: a name of :data:`~RegisterByGenerationLib.methods.METHODS`, or None for
+            the model's own method (``model.json``).
         modality: ``"mr"`` or ``"cbct"``, the kind of input image; must match the model.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
-        batch_size: slices per forward pass; None chooses one (and halves it on CUDA
-            out-of-memory errors).
+        batch_size: slices (or 3-D windows) per forward pass; None chooses one (and, for
+            slices, halves it on CUDA out-of-memory errors).
         prealign: rigidly pre-align the reference CT to the input (mutual information).
-        seed: seed of the pre-alignment's metric sampling.
+        seed: seed of the pre-alignment's (and classical registrations') sampling.
         precision: one of :data:`PRECISIONS` (see :func:`select_precision`).
         threads: threads of the rigid pre-alignment (None: one, bit-reproducible; the
             CLI passes its ``--threads``, the networks' thread count).
         refine: ``"none"``, or ``"demons"``: the pre-aligned reference registered onto the
-            network's pseudo-CT by mono-modal demons becomes the pseudo-CT
-            (:mod:`~RegisterByGenerationLib.refine`).
+            generated pseudo-CT by mono-modal demons becomes the pseudo-CT
+            (:mod:`~RegisterByGenerationLib.refine`); for generative methods only.
 
     Raises:
-        ModelError: the model is missing, corrupt, or made for another modality.
-        InputError: an unknown device, modality or precision, or a batch size below 1.
+        ModelError: the model is missing, corrupt, or made for another method or modality.
+        InputError: an unknown method, device, modality or precision, a model given to a
+            classical method, refine for a classical method, or a batch size below 1.
     """
 
     def __init__(
         self,
         model: str | os.PathLike | None = None,
         *,
+        method: str | None = None,
         modality: str = "mr",
         device: str = "auto",
         batch_size: int | None = None,
@@ -165,22 +173,25 @@ class Pipeline:
             raise InputError(f"modality must be 'mr' or 'cbct', got {modality!r}")
         if refine not in REFINEMENTS:
             raise InputError(f"refine must be one of {', '.join(REFINEMENTS)}, got {refine!r}")
-        self.refine = refine
-        self.threads = threads
         if batch_size is not None and batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}")
-        self.info: ModelInfo = find_model(model if model is not None else default_model_name(modality))
-        if self.info.modality != modality:
-            raise ModelError(f"model {self.info.name!r} is for {self.info.modality.upper()} input, not {modality.upper()}; pick a {modality.upper()} model or change --modality")
+        method_class, self.info = resolve(method, model, modality)
+        if refine != "none" and not method_class.generative:
+            raise InputError(f"--refine {refine} refines a generated pseudo-CT; method {method_class.name} registers the reference CT itself")
+        self.refine = refine
+        self.threads = threads
         self.modality = modality
         self.device = select_device(device)
         self.autocast_dtype = select_precision(precision, self.device)
-        self.model = load_model(self.info, self.device)
+        self.method: Method = method_class(self.info, device=self.device, autocast_dtype=self.autocast_dtype, batch_size=batch_size, threads=threads)
         self.batch_size = batch_size
         self.prealign = prealign
         self.seed = seed
-        self._last_batch_size = 0
-        self.ct_normalization = normalization_from_config(self.info.metadata["normalization"]["reference"])
+
+    @property
+    def name(self) -> str:
+        """What runs: the model's name, or the method's for a method without a model."""
+        return self.info.name if self.info is not None else self.method.name
 
     def run(
         self,
@@ -193,7 +204,7 @@ class Pipeline:
         input_name: str = "input",
         reference_name: str = "reference",
     ) -> PipelineResult:
-        """Generate the pseudo-CT of ``input_image`` with the texture of ``reference_ct``.
+        """Make the pseudo-CT of ``input_image`` from ``reference_ct``.
 
         ``input_name`` and ``reference_name`` (e.g. the files' paths) start the messages
         of the input checks.
@@ -204,7 +215,8 @@ class Pipeline:
 
         Raises:
             InputMismatchError: the images do not overlap physically, the input is a
-                label map, the reference is not a CT in HU, or an MR input looks like a CT.
+                label map, the reference is not a CT in HU, an MR input looks like a CT,
+                or the input does not suit the method (e.g. too few slices for a 3-D one).
             InvalidImageError: the case would not fit in RAM.
             Cancelled: ``cancel`` was set; nothing is returned or written.
         """
@@ -215,12 +227,9 @@ class Pipeline:
             if cancel is not None and cancel.is_set():
                 raise Cancelled(f"stopped before {stage}")
 
-        grid = CanvasGrid.for_image(input_image, self.info.pixel_spacing, self.info.canvas, multiple=self.model.size_multiple)
-        warnings = conditions_warnings(input_image, grid.pixel_spacing, self.info)
+        warnings = self.method.check(input_image, input_name=input_name)
         for warning in warnings:
             logger.warning(warning)
-        cpu_batch = (self.batch_size or 4) if self.device.type == "cpu" else 0  # GPU activations are not RAM
-        check_memory(estimate_peak_bytes(input_image, grid.shape, self.info.metadata["architecture"]["stage1"], cpu_batch), name=input_name)
         check_modalities(input_image, reference_ct, self.modality, input_name=input_name, reference_name=reference_name)
         check_overlap(input_image, reference_ct, fixed_name=input_name, moving_name=reference_name)  # also without pre-alignment
         checkpoint("pre-alignment")
@@ -234,111 +243,52 @@ class Pipeline:
         )  # fmt: skip
         timings["prealign_s"] = time.perf_counter() - start
 
-        checkpoint("preprocessing")
-        report(0.15, "preprocess", "resampling to the model canvas and normalising")
+        checkpoint(f"method {self.method.name}")
         start = time.perf_counter()
-        x, _ = normalise_input(input_image, grid, modality=self.modality, config=self.info.metadata["normalization"]["input"])
-        ct_map = self.ct_normalization.fit(reference_on_input)
-        y = ct_map.forward(grid.to_canvas(reference_on_input, default_value=AIR_HU))
-        timings["preprocess_s"] = time.perf_counter() - start
-
-        start = time.perf_counter()
-        outputs = self._generate(x, y, SubProgress(report, 0.2, 0.95), checkpoint, keep_intermediate)
+        inputs = MethodInputs(input_image, reference_ct, reference_on_input, self.modality, self.seed, keep_intermediate,
+                              SubProgress(report, 0.15, 0.95), checkpoint)  # fmt: skip
+        output = self.method.generate(inputs)
         timings["generate_s"] = time.perf_counter() - start
-
-        checkpoint("postprocessing")
-        report(0.95, "postprocess", "restoring the input grid")
-        start = time.perf_counter()
-        generated = grid.from_canvas(ct_map.inverse(outputs["output"]), default_value=AIR_HU)
-        timings["postprocess_s"] = time.perf_counter() - start
+        generated = output.image
         if self.refine == "demons":
             checkpoint("the demons refinement")
             report(0.95, "refine", "registering the reference CT onto the generated CT (demons)")
             start = time.perf_counter()
             generated, _ = register_onto_generated(generated, reference_on_input)
             timings["refine_s"] = time.perf_counter() - start
+        checkpoint("postprocessing")
+        report(0.95, "postprocess", "restoring the input grid")
         start = time.perf_counter()
-        fov, fill = field_of_view(input_image)
-        inside = float(np.mean(sitk.GetArrayViewFromImage(fov)))
-        pseudo_ct = _to_int16_hu(blend_outside(generated, reference_on_input, fov, FOV_BLEND_MM))
-        result = PipelineResult(
-            pseudo_ct=pseudo_ct,
-            reference_prealigned=reference_on_input,
-            transform=transform,
-            device=str(self.device),
-            batch_size=self._last_batch_size,
-            canvas=grid.to_dict(),
-            field_of_view={
+        if output.complete:
+            pseudo_ct = _to_int16_hu(generated)
+            fov_facts: dict[str, Any] = {"outside": f"none: method {self.method.name} registers the reference CT over the whole grid"}
+        else:
+            fov, fill = field_of_view(input_image)
+            inside = float(np.mean(sitk.GetArrayViewFromImage(fov)))
+            pseudo_ct = _to_int16_hu(blend_outside(generated, reference_on_input, fov, FOV_BLEND_MM))
+            fov_facts = {
                 "fraction_of_grid": inside,
                 "fill_value": fill,
                 "outside": "pre-aligned reference CT" if inside < 1 else "none: the input covers its whole grid",
                 "blend_mm": FOV_BLEND_MM,
-            },
+            }
+        result = PipelineResult(
+            pseudo_ct=pseudo_ct,
+            reference_prealigned=reference_on_input,
+            transform=transform,
+            method=self.method.name,
+            device=str(self.device),
+            batch_size=int(output.details.get("batch_size", 0)),
+            canvas=output.details.get("canvas", {}),
+            field_of_view=fov_facts,
             warnings=warnings,
         )
         if keep_intermediate:
-            result.stage1 = grid.from_canvas(ct_map.inverse(outputs["stage1"]), default_value=AIR_HU)
-            magnitude = np.hypot(outputs["flow"][:, 0] * grid.pixel_spacing[0], outputs["flow"][:, 1] * grid.pixel_spacing[1])
-            result.flow_magnitude = grid.from_canvas(magnitude.astype(np.float32), default_value=0.0)
-        timings["postprocess_s"] += time.perf_counter() - start
+            result.stage1, result.flow_magnitude = output.stage1, output.flow_magnitude
+        timings["postprocess_s"] = time.perf_counter() - start
         result.timings = timings
         report(1.0, "done", "pseudo-CT ready")
         return result
-
-    def _generate(self, x: np.ndarray, y: np.ndarray, report: SubProgress, checkpoint, keep_intermediate: bool) -> dict[str, np.ndarray]:
-        """Run the model slice batch by slice batch; back off the batch size on CUDA OOM."""
-        slices = x.shape[0]
-        keys = ("output", "stage1", "flow") if keep_intermediate else ("output",)
-        results: dict[str, list[np.ndarray]] = {key: [] for key in keys}
-        batch = self.batch_size or (16 if self.device.type == "cuda" else 4)
-        done = 0
-        while done < slices:
-            checkpoint("the next slice batch")
-            stop = min(done + batch, slices)
-            report(done / slices, "generate", f"slices {done + 1}-{stop} of {slices}")
-            try:
-                produced = self._forward(x[done:stop], y[done:stop], need_flow=keep_intermediate)
-            except torch.OutOfMemoryError:
-                if self.batch_size is not None or batch == 1:
-                    raise
-                batch = max(1, batch // 2)
-                torch.cuda.empty_cache()
-                logger.warning("out of GPU memory; retrying with batch size %d", batch)
-                continue
-            for key in keys:
-                results[key].append(produced[key])
-            done = stop
-        report(1.0, "generate", f"{slices} slices done")
-        self._last_batch_size = batch
-        return {key: np.concatenate(parts) for key, parts in results.items()}
-
-    def _forward(self, x: np.ndarray, y: np.ndarray, *, need_flow: bool) -> dict[str, np.ndarray]:
-        """One batch ``[b, H, W]`` → model outputs as float32 NumPy arrays (the flow only
-        when ``need_flow`` or when the full model runs anyway)."""
-
-        def to_tensor(slices: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(np.ascontiguousarray(slices[:, None])).to(self.device)
-
-        autocast = (
-            torch.autocast(self.device.type, dtype=self.autocast_dtype)
-            if self.autocast_dtype is not None
-            else contextlib.nullcontext()
-        )
-        try:
-            with torch.inference_mode(), autocast:
-                x_t, y_t = to_tensor(x), to_tensor(y)
-                if self.info.pseudo_ct_output == "stage2":
-                    produced = self.model(x_t, y_t)
-                else:  # the card's pseudo-CT is Stage 1's: Stage 2 is not run
-                    y_hat = self.model.stage1(x_t, y_t)
-                    if self.info.test_time_flip:  # the mirrored slice (W is left-right) as a second opinion
-                        y_hat = 0.5 * (y_hat + self.model.stage1(x_t.flip(-1), y_t.flip(-1)).flip(-1))
-                    produced = {"stage1": y_hat, "output": y_hat}
-                    if need_flow:
-                        produced["flow"] = self.model.registration(fixed=y_hat, moving=y_t)
-        except TensorError as error:
-            raise ModelError(f"{self.info.name}: {error}") from error
-        return {key: value[:, 0].float().cpu().numpy() if value.shape[1] == 1 else value.float().cpu().numpy() for key, value in produced.items()}
 
 
 def _to_int16_hu(image: sitk.Image) -> sitk.Image:
@@ -348,39 +298,6 @@ def _to_int16_hu(image: sitk.Image) -> sitk.Image:
     return result
 
 
-#: How far (as a ratio) an input's pixel spacing may lie outside a native-spacing
-#: model's training range before :class:`Pipeline` warns.
-NATIVE_SPACING_TOLERANCE = 1.25
-
 #: Width (mm) of the seam inside the input's field of view where the pseudo-CT fades
 #: into the pre-aligned reference CT that fills the rest (DESIGN §3 step 8).
 FOV_BLEND_MM = 10.0
-
-
-def conditions_warnings(input_image: sitk.Image, canvas_spacing: tuple[float, float], info: ModelInfo) -> list[str]:
-    """What about this input lies outside the model's training or validation conditions.
-
-    A native-spacing model sees anatomy at the input's own scale: warn when that is far
-    from the scales it was trained at. A model whose card records the input spacings it
-    was validated on (``valid_input_spacing_mm``) warns outside them.
-    """
-    warnings = []
-    trained = info.native_pixel_spacing_range
-    if info.pixel_spacing is None and trained is not None:
-        low, high = trained
-        if min(canvas_spacing) < low / NATIVE_SPACING_TOLERANCE or max(canvas_spacing) > high * NATIVE_SPACING_TOLERANCE:
-            warnings.append(
-                f"model {info.name} runs at each input's own pixel spacing and was trained at {low:.2f}-{high:.2f} mm; "
-                f"this input has {canvas_spacing[0]:.2f} x {canvas_spacing[1]:.2f} mm, so expect a poor pseudo-CT "
-                "(resample the input, or use a model trained at this spacing)"
-            )
-    spacing = sorted(input_image.GetSpacing())  # the two smallest are in-plane for axial scans
-    for key, values in (("in_plane", spacing[:2]), ("slice", spacing[2:])):
-        valid = info.valid_input_spacing.get(key)
-        if valid is not None and (min(values) < valid[0] - 1e-6 or max(values) > valid[1] + 1e-6):
-            shown = " x ".join(f"{v:.2f}" for v in values)
-            warnings.append(
-                f"input {key.replace('_', '-')} spacing {shown} mm is outside {valid[0]:g}-{valid[1]:g} mm, "
-                f"where model {info.name} was validated; check the pseudo-CT before use"
-            )
-    return warnings

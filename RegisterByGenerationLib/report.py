@@ -150,7 +150,8 @@ def build_report(
         result: the :class:`~RegisterByGenerationLib.pipeline.PipelineResult` (pseudo-CT,
             pre-alignment transform, per-stage timings, device, batch size, canvas).
         model: the model's :class:`~RegisterByGenerationLib.modelstore.ModelInfo` (its
-            ``summary()`` is recorded: name, version, sha256, ...) or such a dict.
+            ``summary()`` is recorded: name, method, version, sha256, ...) or such a
+            dict; None for a method without a model (``result.method`` names it).
         input_path, reference_path: where the images came from.
         modality: ``"mr"`` or ``"cbct"``.
         bones: the bone segmentation, if one ran (method, fallback note, volumes).
@@ -178,6 +179,7 @@ def build_report(
             "input": {**image_geometry(input_image, input_path), "modality": modality},
             "reference_ct": image_geometry(reference_ct, reference_path),
         },
+        "method": result.method,
         "model": model.summary() if hasattr(model, "summary") else (dict(model) if model is not None else None),
         "device": str(result.device),
         "batch_size": int(result.batch_size),

@@ -42,6 +42,8 @@ __all__ = [
     "BONE_METHODS",
     "DEVICES",
     "EXIT_CANCELLED",
+    "METHODS",
+    "METHODS_WITHOUT_MODEL",
     "RunEvent",
     "RunProcess",
     "build_run_command",
@@ -52,6 +54,10 @@ __all__ = [
 #: Values of ``rbg run --precision`` (as ``pipeline.PRECISIONS``; this module imports no torch).
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 
+#: Values of ``rbg run --method`` (as ``methods.METHODS``; this module imports no torch).
+METHODS = ("rbg", "registformer", "stn-fusion", "rigid", "syn", "elastix")
+#: The methods that take no model (classical registrations).
+METHODS_WITHOUT_MODEL = ("rigid", "syn", "elastix")
 #: Values of ``rbg run --bones``.
 BONE_METHODS = ("auto", "totalsegmentator", "threshold", "none")
 #: Device names a host offers (``rbg run`` also takes ``cuda:N``).
@@ -74,6 +80,7 @@ def build_run_command(
     *,
     modality: str = "mr",
     model: str | os.PathLike | None = None,
+    method: str | None = None,
     device: str = "auto",
     prealign: bool = True,
     bones: str | None = "auto",
@@ -90,7 +97,9 @@ def build_run_command(
         reference_path: reference CT file or DICOM folder.
         output_dir: folder the outputs are written to.
         modality: ``"mr"`` or ``"cbct"`` (case-insensitive, so Slicer's ``"MR"`` works).
-        model: installed model name or model folder; None for the default of ``modality``.
+        model: installed model name or model folder; None for the default of ``modality``
+            (and of ``method``).
+        method: one of :data:`METHODS`, or None for the model's own method.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         prealign: rigidly pre-align the reference CT first.
         bones: one of :data:`BONE_METHODS`, or None to leave ``--bones`` out (the CLI's
@@ -104,7 +113,8 @@ def build_run_command(
         The argument list, ready for :class:`RunProcess` or ``subprocess``.
 
     Raises:
-        ValueError: an empty path, or an unknown modality, device, precision or bone method.
+        ValueError: an empty path, or an unknown modality, method, device, precision or
+            bone method.
     """
     for name, value in (("python_executable", python_executable), ("input_path", input_path), ("reference_path", reference_path), ("output_dir", output_dir)):
         if value is None or not str(value):
@@ -114,6 +124,8 @@ def build_run_command(
         raise ValueError(f"modality must be 'mr' or 'cbct', got {modality!r}")
     if not (device in DEVICES or (device.startswith("cuda:") and device[5:].isdigit())):
         raise ValueError(f"device must be one of {DEVICES} or cuda:N, got {device!r}")
+    if method is not None and method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS} or None, got {method!r}")
     if bones is not None and bones not in BONE_METHODS:
         raise ValueError(f"bones must be one of {BONE_METHODS} or None, got {bones!r}")
     if batch_size is not None and batch_size < 1:
@@ -125,6 +137,8 @@ def build_run_command(
     argv = [str(python_executable), "-m", "RegisterByGenerationLib", "run", str(input_path), str(reference_path), "-o", str(output_dir), "--modality", modality, "--device", device]
     if model is not None and str(model):
         argv += ["--model", str(model)]
+    if method is not None:
+        argv += ["--method", method]
     if not prealign:
         argv.append("--no-prealign")
     if bones is not None:

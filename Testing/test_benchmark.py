@@ -12,6 +12,7 @@ import pytest
 import SimpleITK as sitk
 
 from RegisterByGenerationLib import benchmark, cli
+from RegisterByGenerationLib.methods.classical import registration as classical_registration
 from RegisterByGenerationLib.cli import benchmark as cli_benchmark
 from RegisterByGenerationLib.errors import InputError, ModelError
 from RegisterByGenerationLib.phantoms import generate_case, write_case
@@ -130,7 +131,7 @@ def test_itk_conversion_keeps_geometry():
     import itk
 
     image = oblique_image()
-    converted = benchmark._sitk_to_itk(image)
+    converted = classical_registration.sitk_to_itk(image)
     np.testing.assert_allclose(tuple(converted.GetOrigin()), image.GetOrigin())
     np.testing.assert_allclose(itk.array_from_matrix(converted.GetDirection()).ravel(), image.GetDirection(), atol=1e-12)
     np.testing.assert_array_equal(itk.GetArrayFromImage(converted), sitk.GetArrayFromImage(image))

@@ -72,7 +72,7 @@ def test_mismatched_tensors_raise_a_one_line_library_error():
 
 def test_pipeline_turns_a_network_error_into_a_model_error(tiny_mr_model, case, monkeypatch):
     pipeline = Pipeline(tiny_mr_model, device="cpu", prealign=False)
-    monkeypatch.setattr(pipeline.model, "forward", lambda x, y: pipeline.model.stage1(x, y.double()))
+    monkeypatch.setattr(pipeline.method.network, "forward", lambda x, y: pipeline.method.network.stage1(x, y.double()))
     with pytest.raises(ModelError, match=r"^tiny-mr: y must be on the device and of the dtype of x"):
         pipeline.run(case.input, case.reference_ct)
 

@@ -288,7 +288,7 @@ def registered_cases(phantom_data, tmp_path_factory):
 
 
 def test_registered_target_is_the_classical_registration_on_the_canvas(registered_cases, tmp_path, monkeypatch):
-    from RegisterByGenerationLib import benchmark
+    from RegisterByGenerationLib.methods.classical import registration as classical_registration
     from RegisterByGenerationLib.preprocess import prepare_case
 
     config, files, _, loaded = registered_cases
@@ -300,7 +300,7 @@ def test_registered_target_is_the_classical_registration_on_the_canvas(registere
         calls.append(method)
         return sitk.Resample(reference, input_image, sitk.TranslationTransform(3, (5.0, 0.0, 0.0)), sitk.sitkLinear, -1024.0)
 
-    monkeypatch.setattr(benchmark, "run_baseline", shifted)
+    monkeypatch.setattr(classical_registration, "run_baseline", shifted)
     cache = tmp_path / "cache"
     case = load_case(files[0], config, cache)
     input_image, reference = sitk.ReadImage(str(files[0].input)), sitk.ReadImage(str(files[0].reference))

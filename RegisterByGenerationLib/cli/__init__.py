@@ -31,6 +31,7 @@ SUBCOMMANDS = {
     "phantom": "phantom",
     "train": "train",
     "models": "models",
+    "methods": "methods",
     "benchmark": "benchmark",
 }
 

@@ -7,7 +7,7 @@ import json
 import sys
 
 from ..errors import InputError
-from .options import add_compute_arguments, compute_options
+from .options import add_compute_arguments, add_method_arguments, compute_options
 
 __all__ = ["add_parser", "run"]
 
@@ -28,7 +28,7 @@ def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
     parser.add_argument("data_dir", metavar="DATA_DIR", help="folder of case folders")
     parser.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="output root (created if needed)")
     parser.add_argument("--modality", choices=("mr", "cbct"), help="kind of input (default: inferred from the file names)")
-    parser.add_argument("--model", metavar="NAME|DIR", help="installed model name or model folder (default: the bundled model)")
+    add_method_arguments(parser)
     add_compute_arguments(parser)
     parser.add_argument("--bones", choices=("auto", "totalsegmentator", "threshold", "none"), default="auto", help="bone segmentation of each pseudo-CT (default: auto)")
     parser.add_argument("--no-prealign", dest="prealign", action="store_false", help="skip the rigid pre-alignment of the reference CTs")
@@ -70,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
             args.output,
             modality=args.modality,
             model=args.model,
+            method=args.method,
             **compute_options(args),
             prealign=args.prealign,
             bones=args.bones,

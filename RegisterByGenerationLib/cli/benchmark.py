@@ -12,8 +12,8 @@ Compare, on the same cases with ground truth, each method's CT in the input's fr
 rigid (our rigid pre-alignment of the reference CT), syn (ANTsPy SyN, Mattes MI
 defaults), elastix (itk-elastix rigid + B-spline, AdvancedMattesMutualInformation,
 final grid 40 mm: the default 10 mm fails in the pelvis), stage1 (our Stage 1 alone),
-rbg (the full pipeline) and registformer (only when a model with an adain Stage 1 is
-installed). DIR holds case folders in the SynthRAD layout with truth, as written by
+rbg (the full pipeline), registformer (only when a model with an adain Stage 1 is
+installed) and stn-fusion (the STN + early-fusion 3-D network, when a model is installed). DIR holds case folders in the SynthRAD layout with truth, as written by
 `rbg phantom` or `rbg benchmark --make-real-case`. Writes OUT_DIR/results.csv,
 results.md (mean ± sd per method, and every case) and figure.png. Each method runs in
 its own process with --threads threads; wall time excludes model loading; peak memory
@@ -23,7 +23,7 @@ pip install -e .[benchmark]
 
 
 #: Same as ``RegisterByGenerationLib.benchmark.METHODS`` (kept here so ``rbg --help`` stays instant).
-METHODS = ("input", "rigid", "syn", "elastix", "stage1", "rbg", "refined", "registformer")
+METHODS = ("input", "rigid", "syn", "elastix", "stage1", "rbg", "refined", "registformer", "stn-fusion")
 
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.ArgumentParser:
@@ -39,6 +39,7 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
     parser.add_argument("--threads", type=int, default=2, metavar="N", help="threads of every method (default: 2)")
     parser.add_argument("--mr-model", metavar="MODEL", help="model for MR cases (default: the default MR model)")
     parser.add_argument("--cbct-model", metavar="MODEL", help="model for CBCT cases (default: the default CBCT model)")
+    parser.add_argument("--stn-fusion-model", metavar="MODEL", help="model of method stn-fusion (default: its default model of each modality)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every method's sampling (default: 0)")
     parser.add_argument("--keep-images", action="store_true", help="also write every output image to OUT_DIR/images")
     parser.add_argument("--make-real-case", metavar="CT", nargs="?", const="../shared/data/example_ct_pelvis.nii.gz",
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     models = {key: value for key, value in (("mr", args.mr_model), ("cbct", args.cbct_model)) if value}
     start = time.perf_counter()
     rows = run_benchmark(args.data, args.output, methods=tuple(args.methods), cases=args.cases, threads=args.threads,
-                         models=models, seed=args.seed, keep_images=args.keep_images,
+                         models=models, stn_fusion_model=args.stn_fusion_model, seed=args.seed, keep_images=args.keep_images,
                          progress=lambda line: print(line, flush=True))
     print(f"rbg benchmark: {len(rows)} rows in {time.perf_counter() - start:.0f} s -> {args.output}/results.csv, results.md, figure.png")
     return 0

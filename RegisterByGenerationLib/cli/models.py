@@ -56,9 +56,10 @@ def run(args: argparse.Namespace) -> int:
         if not models:
             print(f"no models installed (user folder: {user_models_dir()})")
             return 0
-        rows = [(m.name, m.modality, m.summary()["stage1"], str(m.path)) for m in models]
-        widths = [max(len(row[i]) for row in rows + [("name", "modality", "stage1", "path")]) for i in range(4)]
-        for row in [("name", "modality", "stage1", "path")] + rows:
+        header = ("name", "method", "modality", "stage1", "path")
+        rows = [(m.name, m.method, m.modality, m.summary()["stage1"], str(m.path)) for m in models]
+        widths = [max(len(row[i]) for row in rows + [header]) for i in range(len(header))]
+        for row in [header] + rows:
             print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
         return 0
     if args.action == "info":

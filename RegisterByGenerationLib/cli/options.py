@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-__all__ = ["add_compute_arguments", "compute_options"]
+__all__ = ["add_method_arguments", "add_compute_arguments", "compute_options"]
 
 _PRECISIONS = ("auto", "float32", "bfloat16", "float16")  # pipeline.PRECISIONS, without importing torch
 
@@ -15,6 +15,19 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
+
+
+def add_method_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--method`` and ``--model``."""
+    from ..runner import METHODS  # torch-free, so --help stays fast
+
+    parser.add_argument(
+        "--method", choices=METHODS, metavar="NAME",
+        help=f"how the pseudo-CT is made: {', '.join(METHODS)} (rbg methods describes them; default: the model's own method, "
+        "that is rbg for the bundled models)",
+    )  # fmt: skip
+    parser.add_argument("--model", metavar="NAME|DIR", help="installed model name or model folder (default: the bundled model of --method and --modality; "
+                        "rigid, syn and elastix take none)")  # fmt: skip
 
 
 def add_compute_arguments(parser: argparse.ArgumentParser) -> None:

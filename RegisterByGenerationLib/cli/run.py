@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from .options import add_compute_arguments, compute_options
+from .options import add_compute_arguments, add_method_arguments, compute_options
 
 __all__ = ["add_parser", "run"]
 
@@ -28,7 +28,7 @@ def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
     parser.add_argument("--modality", choices=("mr", "cbct"), default="mr", help="kind of INPUT (default: mr)")
     parser.add_argument("--input-series", metavar="UID", help="DICOM Series Instance UID to read when INPUT is a folder of several series (default: the one with the most files, named in a warning)")
     parser.add_argument("--reference-series", metavar="UID", help="the same for REFERENCE")
-    parser.add_argument("--model", metavar="NAME|DIR", help="installed model name or model folder (default: the bundled model for --modality)")
+    add_method_arguments(parser)
     add_compute_arguments(parser)
     parser.add_argument("--batch-size", type=int, metavar="N", help="slices per forward pass (default: automatic)")
     parser.add_argument("--no-prealign", dest="prealign", action="store_false", help="skip the rigid pre-alignment of REFERENCE to INPUT")
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from ..pipeline import Pipeline
     from ..progress import make_progress
 
-    pipeline = Pipeline(args.model, modality=args.modality, batch_size=args.batch_size, prealign=args.prealign, refine=args.refine, **compute_options(args))
+    pipeline = Pipeline(args.model, method=args.method, modality=args.modality, batch_size=args.batch_size, prealign=args.prealign, refine=args.refine, **compute_options(args))
     progress = make_progress(args.progress)
     try:
         outputs = process_case(
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
             progress.close()
     report = outputs.report
     if args.progress == "json":
-        summary = {"outputs": {name: str(path) for name, path in outputs.paths.items()}, "model": pipeline.info.name, "device": report["device"], "timings_s": report["timings_s"]}
+        summary = {"outputs": {name: str(path) for name, path in outputs.paths.items()}, "method": pipeline.method.name, "model": pipeline.name, "device": report["device"], "timings_s": report["timings_s"]}
         print(json.dumps({"fraction": 1.0, "stage": "finished", "message": "outputs written", "result": summary}), flush=True)
         return 0
     print(f"pseudo-CT written to {outputs.paths['pseudo_ct']}", file=sys.stderr)
@@ -78,5 +78,6 @@ def run(args: argparse.Namespace) -> int:
         if name != "pseudo_ct":
             print(f"  {name}: {path}", file=sys.stderr)
     timing = ", ".join(f"{name[:-2]} {seconds:.1f} s" for name, seconds in report["timings_s"].items())
-    print(f"model {pipeline.info.name} on {report['device']}: {timing}; bones: {report['bones']['method']}", file=sys.stderr)
+    what = pipeline.method.name + (f" (model {pipeline.info.name})" if pipeline.info is not None else "")
+    print(f"{what} on {report['device']}: {timing}; bones: {report['bones']['method']}", file=sys.stderr)
     return 0

@@ -55,6 +55,17 @@ def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
         if phase == "all":
             sub.add_argument("--export", metavar="MODEL_DIR", help="after training, export the model directory here")
             sub.add_argument("--name", help="name of the exported model (with --export)")
+    stn = phases.add_parser("stn-fusion", help="train the STN + early-fusion 3-D network (method stn-fusion), supervised on aligned CTs",
+                            description="Train method stn-fusion (docs/training.md): 3-D patches of the cases' canvases, the "
+                                        "target each case's ct_aligned.nii.gz.")  # fmt: skip
+    stn.add_argument("--data", required=True, metavar="DIR", help="dataset folder (SynthRAD2023 layout, with ct_aligned.nii.gz)")
+    stn.add_argument("--out", required=True, metavar="RUN", help="run folder: checkpoints, log, cache (created)")
+    stn.add_argument("--config", metavar="FILE", help="config JSON (any subset of the fields; e.g. Resources/Training/stn-fusion-cbct.json)")
+    stn.add_argument("--no-stn", dest="stn", action="store_false", default=None, help="the paper's MM ablation: the same U-Net without the spatial transformer")
+    stn.add_argument("--epochs", type=int, metavar="N", help="epochs (overrides the config)")
+    stn.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint (exactly)")
+    stn.add_argument("--device", default="auto", help="auto (CUDA, else the CPU), cpu, cuda or cuda:N (default: auto)")
+    stn.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's choice)")
     export = phases.add_parser("export", help="write a trained run as a model directory (model.json + weights.safetensors)")
     export.add_argument("run_dir", metavar="RUN", help="the training run folder")
     export.add_argument("-o", "--output", required=True, metavar="MODEL_DIR", help="model directory to write (replaced if it exists)")
@@ -98,11 +109,19 @@ def _config(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     logging.getLogger("RegisterByGenerationLib.training").setLevel(logging.INFO)
+    if args.phase == "stn-fusion":
+        return _train_stn_fusion(args)
     if args.phase == "export":
+        from ..methods.stn_fusion.training import export_stn_fusion, is_stn_fusion_run
         from ..training import export_run
 
         spacing = args.valid_input_spacing
         valid = None if spacing is None else {"in_plane": spacing[:2], "slice": spacing[2:]}
+        if is_stn_fusion_run(args.run_dir):
+            info = export_stn_fusion(args.run_dir, args.output, name=args.name, checkpoint=args.checkpoint, description=args.description,
+                                     valid_input_spacing_mm=valid)  # fmt: skip
+            print(f"model {info.name!r} (method stn-fusion) written to {info.path}", file=sys.stderr)
+            return 0
         info = export_run(args.run_dir, args.output, name=args.name, checkpoint=args.checkpoint, description=args.description,
                           pseudo_ct_output=args.pseudo_ct_output, valid_input_spacing_mm=valid, test_time_flip=args.test_time_flip)  # fmt: skip
         print(f"model {info.name!r} written to {info.path}", file=sys.stderr)
@@ -133,4 +152,27 @@ def run(args: argparse.Namespace) -> int:
                 print(f"model {info.name!r} written to {info.path}", file=sys.stderr)
     finally:
         shutdown(trainer.context)
+    return 0
+
+
+def _train_stn_fusion(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import torch
+
+    from ..errors import InputError
+    from ..methods.stn_fusion.training import load_training_config, train_stn_fusion
+
+    logging.getLogger("RegisterByGenerationLib.methods").setLevel(logging.INFO)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise InputError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    if args.epochs is not None and args.epochs < 1:
+        raise InputError(f"--epochs must be at least 1, got {args.epochs}")
+    config = load_training_config(args.config, epochs=args.epochs)
+    if args.stn is False:
+        config.architecture = dataclasses.replace(config.architecture, stn=False)
+    summary = train_stn_fusion(config, args.data, args.out, device=args.device, resume=args.resume)
+    print(f"stn-fusion: {summary['epoch']} epochs in {summary['wall_time_s']:.0f} s; best val_mae {summary['best_value']:.4g} at epoch {summary['best_epoch']}", file=sys.stderr)
     return 0

@@ -415,6 +415,7 @@ def _card(name, modality, framework, config: PublishedConfig, pixel_spacing, sou
     transposed = config.transpose
     return {
         "name": name,
+        "method": "rbg" if framework == "RbG" else "registformer",
         "modality": modality,
         "description": (
             f"The authors' published {framework} model ({paper}), trained on SynthRAD2023 pelvis MR-CT, converted from their "

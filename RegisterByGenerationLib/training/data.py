@@ -263,7 +263,7 @@ def load_case(files: CaseFiles, config: TrainingConfig, cache_dir: str | os.Path
 
 def _registered_reference(files: CaseFiles, input_image: sitk.Image, reference: sitk.Image, config: TrainingConfig) -> sitk.Image:
     """The reference registered onto the input by ``config.target_registration`` (HU, input grid)."""
-    from ..benchmark import run_baseline
+    from ..methods.classical.registration import run_baseline
 
     logger.info("%s: registering the reference onto the input (%s) for the pixel target", files.case_id, config.target_registration)
     try:

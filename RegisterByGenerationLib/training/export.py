@@ -30,7 +30,7 @@ from ..networks import build_model
 from .config import PHASES, TrainingConfig
 from .trainer import load_checkpoint, read_run
 
-__all__ = ["INTENDED_USE", "REAL_DATA_NOTE", "export_run", "model_card"]
+__all__ = ["INTENDED_USE", "REAL_DATA_NOTE", "data_description", "export_run", "model_card"]
 
 INTENDED_USE = "Research and demonstration only. Not a medical device; not for clinical use."
 REAL_DATA_NOTE = (
@@ -42,7 +42,7 @@ REAL_DATA_NOTE = (
 )
 
 
-def _data_description(run: dict[str, Any]) -> dict[str, Any]:
+def data_description(run: dict[str, Any]) -> dict[str, Any]:
     """Training data facts; for phantom sets also the generator seeds of every case."""
     data = run["data"]
     folder = Path(data["dir"])
@@ -126,7 +126,7 @@ def model_card(run_dir: str | os.PathLike, checkpoint: str = "best", trained: tu
         }
         last_checkpoint = state
     config = run["config"]
-    data = _data_description(run)
+    data = data_description(run)
     synthetic = data["kind"].startswith("synthetic")
     return {
         "data": data,
@@ -211,6 +211,7 @@ def export_run(
     card = model_card(run_dir, checkpoint, trained)
     metadata: dict[str, Any] = {
         "name": name,
+        "method": "registformer" if config.model.stage1.kind == "adain" else "rbg",
         "modality": config.modality,
         "pixel_spacing_mm": config.to_dict()["pixel_spacing_mm"],
         "normalization": config.normalization,

@@ -1,0 +1,55 @@
+"""Classical registrations as methods: the pseudo-CT is the reference CT registered onto the input.
+
+They need no model and are valid on the whole grid (a registered CT), so the pipeline
+does not fill anything outside the input's field of view.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ...errors import InputError
+from ..base import Method, MethodInputs, MethodOutput
+from .registration import missing_extra, run_elastix, run_syn
+
+__all__ = ["RigidMethod", "SynMethod", "ElastixMethod"]
+
+
+class _Classical(Method):
+    family = "classical"
+    needs_model = False
+    generative = False
+
+    def check(self, input_image, *, input_name: str) -> list[str]:
+        reason = missing_extra(self.name)
+        if reason:
+            raise InputError(reason)
+        if self.threads is not None:  # ANTs and elastix read ITK's thread count when ITK loads
+            os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", str(self.threads))
+        return []
+
+
+class RigidMethod(_Classical):
+    name = "rigid"
+    summary = "the reference CT after the rigid mutual-information pre-alignment alone"
+
+    def generate(self, inputs: MethodInputs) -> MethodOutput:
+        return MethodOutput(image=inputs.reference_on_input, complete=True)
+
+
+class SynMethod(_Classical):
+    name = "syn"
+    summary = "ANTs SyN (defaults: affine + SyN, Mattes MI) of the reference CT onto the input; needs the benchmark extra"
+
+    def generate(self, inputs: MethodInputs) -> MethodOutput:
+        inputs.progress(0.0, "register", "ANTs SyN of the reference CT onto the input")
+        return MethodOutput(image=run_syn(inputs.input_image, inputs.reference_ct, inputs.seed), complete=True)
+
+
+class ElastixMethod(_Classical):
+    name = "elastix"
+    summary = "elastix rigid + B-spline (40 mm grid, Mattes MI) of the reference CT onto the input; needs the benchmark extra"
+
+    def generate(self, inputs: MethodInputs) -> MethodOutput:
+        inputs.progress(0.0, "register", "elastix rigid + B-spline of the reference CT onto the input")
+        return MethodOutput(image=run_elastix(inputs.input_image, inputs.reference_ct, inputs.seed), complete=True)

@@ -1,0 +1,369 @@
+"""Training of the STN + early-fusion network (``rbg train stn-fusion``).
+
+Cases are the training pipeline's: the same folders, the same preprocessing and cache as
+the 2-D models (:func:`~RegisterByGenerationLib.training.data.load_case`: rigid
+pre-alignment, the slice canvas, the normalisations), so a 3-D patch is a stack of canvas
+slices. The target is the case's aligned CT (``ct_aligned``: phantoms; for real data a
+deformably registered CT, e.g. SynthRAD's), so training is supervised; the card says so.
+
+Loss (the paper's weights): ``w_mae·L1 + w_ssim·(1 − SSIM) + w_perceptual·P +
+w_warp·MSE(warped CT, target)``, SSIM 3-D (MONAI), P the L1 distance of VGG-19
+features of the axial slices (:class:`~...losses.vgg.VGG19Features`: ImageNet weights
+from a local file when given, else fixed random weights, which is what we have offline).
+
+Each epoch is ``steps_per_epoch`` batches of random patches, then whole-volume
+sliding-window validation (MAE and bone Dice in HU on the validation cases);
+``RUN/best.pt`` is the lowest validation MAE, ``RUN/last.pt`` the latest epoch, and
+``--resume`` continues from it exactly.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ... import __version__
+from ...errors import InputError
+from ...io import atomic_path, check_writable_dir
+from ...modelstore import ModelInfo, save_model
+from ...metrics import bone_dice_by_threshold, mae
+from ...training.config import TrainingConfig, default_normalization
+from ...training.data import CachedCase, find_cases, load_case, split_cases
+from ...training.export import INTENDED_USE, data_description
+from .inference import predict_volume
+from .network import STNFusionConfig, STNFusionNet
+
+__all__ = ["STNFusionTrainingConfig", "PatchDataset", "STNFusionLoss", "train_stn_fusion", "export_stn_fusion", "load_training_config", "is_stn_fusion_run"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class STNFusionTrainingConfig:
+    """Everything an STN-fusion training run depends on (saved in ``RUN/run.json``)."""
+
+    modality: str = "cbct"
+    architecture: STNFusionConfig = field(default_factory=STNFusionConfig)
+    pixel_spacing_mm: tuple[float, float] = (1.0, 1.0)
+    normalization: dict | None = None
+    prealign: bool = True
+    seed: int = 0
+    val_cases: tuple[str, ...] = ()
+    val_fraction: float = 0.15
+    epochs: int = 10
+    steps_per_epoch: int = 200
+    batch_size: int = 2
+    lr: float = 5e-4
+    lr_milestones: tuple[float, ...] = (0.7, 0.9)
+    lr_gamma: float = 0.3
+    mae_weight: float = 0.2
+    ssim_weight: float = 1.0
+    perceptual_weight: float = 0.7
+    warp_weight: float = 1e-3
+    perceptual_layers: tuple[str, ...] = ("conv1_2", "conv2_2", "conv3_2")
+    vgg_weights: str | None = None
+    vgg_seed: int = 0
+    reference_shift_px: int = 8
+    reference_shift_probability: float = 0.5
+    flip: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.architecture, dict):
+            self.architecture = STNFusionConfig.from_dict(self.architecture)
+        if self.normalization is None:
+            self.normalization = default_normalization(self.modality)
+        self.pixel_spacing_mm = tuple(float(s) for s in self.pixel_spacing_mm)
+        self.val_cases, self.lr_milestones = tuple(self.val_cases), tuple(float(m) for m in self.lr_milestones)
+        self.perceptual_layers = tuple(self.perceptual_layers)
+        for name in ("epochs", "steps_per_epoch", "batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise InputError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if min(self.mae_weight, self.ssim_weight, self.perceptual_weight, self.warp_weight, self.reference_shift_px) < 0:
+            raise InputError("the loss weights and reference_shift_px must be non-negative")
+        if not 0 <= self.reference_shift_probability <= 1:
+            raise InputError(f"reference_shift_probability must be in [0, 1], got {self.reference_shift_probability!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["architecture"] = self.architecture.to_dict()
+        return json.loads(json.dumps(data))
+
+    def canvas_config(self) -> TrainingConfig:
+        """The 2-D training config whose preprocessing (and cache) the cases share."""
+        return TrainingConfig.lite(modality=self.modality, pixel_spacing_mm=self.pixel_spacing_mm, normalization=self.normalization,
+                                   prealign=self.prealign, seed=self.seed, val_cases=self.val_cases, val_fraction=self.val_fraction,
+                                   pixel_target="aligned")  # fmt: skip
+
+
+def load_training_config(path: str | os.PathLike | None, **overrides: Any) -> STNFusionTrainingConfig:
+    """Defaults, then the JSON file at ``path`` (unknown keys refused), then ``overrides``."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as error:
+            raise InputError(f"{path}: cannot read the configuration ({error})") from error
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f for f in STNFusionTrainingConfig.__dataclass_fields__}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise InputError(f"{path or 'config'}: unknown keys {', '.join(unknown)}")
+    return STNFusionTrainingConfig(**data)
+
+
+def _crop3d(volume: np.ndarray, corner: tuple[int, int, int], size: tuple[int, ...], pad: float) -> np.ndarray:
+    """``volume[corner : corner + size]``, padded with ``pad`` where it leaves the volume."""
+    out = np.full(size, pad, dtype=np.float32)
+    src = [slice(max(c, 0), min(c + s, n)) for c, s, n in zip(corner, size, volume.shape)]
+    dst = [slice(a.start - c, a.stop - c) for a, c in zip(src, corner)]
+    if all(a.stop > a.start for a in src):
+        out[tuple(dst)] = volume[tuple(src)]
+    return out
+
+
+class PatchDataset(torch.utils.data.Dataset):
+    """Random 3-D patches centred on body voxels: ``x``, ``y`` (the reference, shifted by
+    up to ``reference_shift_px`` in-plane and one slice with probability
+    ``reference_shift_probability``: residual misalignment for the STN to undo) and the
+    target, all ``[1, Z, Y, X]``; item ``i`` of epoch ``e`` from ``default_rng([seed, e, i])``."""
+
+    def __init__(self, cases: list[CachedCase], config: STNFusionTrainingConfig, length: int) -> None:
+        self.cases, self.config, self.length, self.epoch = cases, config, int(length), 0
+        self.body = [np.argwhere(case.mask) for case in cases]
+        if any(len(b) == 0 for b in self.body):
+            raise InputError("a training case has an empty body mask")
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        config, patch = self.config, self.config.architecture.patch
+        rng = np.random.default_rng([config.seed, self.epoch, int(index)])
+        c = int(rng.integers(len(self.cases)))
+        case = self.cases[c]
+        centre = self.body[c][rng.integers(len(self.body[c]))]
+        corner = tuple(int(p) - s // 2 for p, s in zip(centre, patch))
+        shift = (0, 0, 0)
+        if config.reference_shift_px and rng.random() < config.reference_shift_probability:
+            s = config.reference_shift_px
+            shift = (int(rng.integers(-1, 2)), int(rng.integers(-s, s + 1)), int(rng.integers(-s, s + 1)))
+        sample = {
+            "x": _crop3d(case.x, corner, patch, float(case.x.min())),
+            "y": _crop3d(case.y, tuple(a + b for a, b in zip(corner, shift)), patch, -1.0),
+            "target": _crop3d(case.y_target, corner, patch, -1.0),
+        }
+        if config.flip and rng.random() < 0.5:
+            sample = {k: v[..., ::-1] for k, v in sample.items()}
+        return {k: torch.from_numpy(np.ascontiguousarray(v[None])) for k, v in sample.items()}
+
+
+class STNFusionLoss(torch.nn.Module):
+    """``w_mae·L1 + w_ssim·(1 − SSIM₃D) + w_perceptual·P + w_warp·MSE(warped, target)``."""
+
+    def __init__(self, config: STNFusionTrainingConfig) -> None:
+        super().__init__()
+        from monai.losses import SSIMLoss
+
+        self.config = config
+        self.ssim = SSIMLoss(spatial_dims=3, data_range=2.0, win_size=7)  # images in [-1, 1]
+        self.vgg = None
+        if config.perceptual_weight > 0:
+            from ...losses.vgg import VGG19Features
+
+            self.vgg = VGG19Features(config.perceptual_layers, weights=config.vgg_weights, seed=config.vgg_seed)
+
+    def forward(self, produced: dict[str, torch.Tensor], target: torch.Tensor) -> dict[str, torch.Tensor]:
+        config, out = self.config, produced["output"]
+        terms = {"mae": F.l1_loss(out, target), "ssim": self.ssim(out.clamp(-1, 1), target), "warp": F.mse_loss(produced["warped"], target)}
+        if self.vgg is not None:
+            axial = lambda v: v.permute(0, 2, 1, 3, 4).reshape(-1, 1, *v.shape[-2:])  # noqa: E731 - [B·Z, 1, Y, X]
+            features = zip(self.vgg(axial(out.clamp(-1, 1))), self.vgg(axial(target)))
+            terms["perceptual"] = sum(F.l1_loss(a, b) for a, b in features)
+        weights = {"mae": config.mae_weight, "ssim": config.ssim_weight, "warp": config.warp_weight, "perceptual": config.perceptual_weight}
+        terms["total"] = sum(weights[k] * v for k, v in terms.items())
+        return terms
+
+
+def validate(net: STNFusionNet, cases: list[CachedCase], device: torch.device) -> dict[str, float]:
+    """Whole-volume sliding-window MAE and bone Dice (HU, in the body) of ``cases``."""
+    net.eval()
+    scores = []
+    for case in cases:
+        pred = case.to_hu(np.clip(predict_volume(net, case.x, case.y, device=device), -1, 1))
+        scores.append((mae(pred, case.truth_hu, case.mask), bone_dice_by_threshold(pred, case.truth_hu, case.mask),
+                       mae(case.to_hu(case.y), case.truth_hu, case.mask)))  # fmt: skip
+    net.train()
+    mean = np.mean(scores, axis=0) if scores else [math.nan] * 3
+    return {"val_mae": float(mean[0]), "val_bone_dice": float(mean[1]), "val_rigid_mae": float(mean[2])}
+
+
+def train_stn_fusion(config: STNFusionTrainingConfig, data_dir: str | os.PathLike, run_dir: str | os.PathLike, *,
+                     device: str = "cpu", resume: bool = False, stop_after: int | None = None) -> dict[str, Any]:  # fmt: skip
+    """Train (or ``resume``) a run in ``run_dir``; returns the final checkpoint's summary.
+
+    Raises:
+        InputError: no cases, no aligned CTs, or a checkpoint exists without ``resume``.
+    """
+    from ...pipeline import select_device
+
+    run = check_writable_dir(run_dir)
+    last, best = run / "last.pt", run / "best.pt"
+    if last.is_file() and not resume:
+        raise InputError(f"{run}: already has a checkpoint; pass --resume to continue it, or use a new --out")
+    torch_device = select_device(device)
+    canvas = config.canvas_config()
+    _, files = find_cases(data_dir, config.modality)
+    train_files, val_files = split_cases(files, val_fraction=config.val_fraction, seed=config.seed, val_cases=config.val_cases)
+    if not train_files:
+        raise InputError(f"{data_dir}: no training case left after the validation split")
+    train_cases = [load_case(f, canvas, run / "cache") for f in train_files]
+    val_cases = [load_case(f, canvas, run / "cache", pixel_target=False) for f in val_files]
+    val_cases = [case for case in val_cases if case.truth_hu is not None]
+    data = {"dir": str(Path(data_dir).resolve()), "modality": config.modality, "train": [f.case_id for f in train_files], "val": [f.case_id for f in val_files]}
+    (run / "run.json").write_text(json.dumps({"library_version": __version__, "method": "stn-fusion", "config": config.to_dict(), "data": data}, indent=2) + "\n")
+
+    torch.manual_seed(config.seed)
+    net = STNFusionNet(config.architecture).to(torch_device)
+    loss_fn = STNFusionLoss(config).to(torch_device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
+    milestones = sorted({max(1, round(m * config.epochs)) for m in config.lr_milestones})
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, config.lr_gamma)
+    state: dict[str, Any] = {"epoch": 0, "best_value": None, "best_epoch": 0, "history": [], "wall_time_s": 0.0}
+    if resume and last.is_file():
+        checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+        if checkpoint["config"] != config.to_dict():
+            raise InputError(f"{run}: the checkpoint was written with another configuration")
+        net.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        torch.set_rng_state(checkpoint["rng"])
+        state = {k: checkpoint[k] for k in state}
+    dataset = PatchDataset(train_cases, config, config.steps_per_epoch * config.batch_size)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=config.batch_size, shuffle=False, drop_last=True)
+    final = config.epochs if stop_after is None else min(config.epochs, int(stop_after))
+    net.train()
+    for epoch in range(state["epoch"], final):
+        start = time.perf_counter()
+        dataset.set_epoch(epoch)
+        sums: dict[str, float] = {}
+        for batch in loader:
+            produced = net(batch["x"].to(torch_device), batch["y"].to(torch_device))
+            terms = loss_fn(produced, batch["target"].to(torch_device))
+            optimizer.zero_grad(set_to_none=True)
+            terms["total"].backward()
+            optimizer.step()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+        scheduler.step()
+        row: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **{f"train_{k}": v / len(loader) for k, v in sums.items()}}
+        row.update(validate(net, val_cases, torch_device) if val_cases else {})
+        row["seconds"] = round(time.perf_counter() - start, 2)
+        value = row.get("val_mae", float(-(epoch + 1)))
+        improved = state["best_value"] is None or value < state["best_value"]
+        if improved:
+            state["best_value"], state["best_epoch"] = value, epoch + 1
+        state["epoch"], state["wall_time_s"] = epoch + 1, state["wall_time_s"] + row["seconds"]
+        state["history"].append(row)
+        checkpoint = {"format": 1, "method": "stn-fusion", "library_version": __version__, "config": config.to_dict(),
+                      "model": {k: v.detach().cpu() for k, v in net.state_dict().items()}, "optimizer": optimizer.state_dict(),
+                      "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), **state}  # fmt: skip
+        with atomic_path(last) as tmp:
+            torch.save(checkpoint, tmp)
+        if improved:
+            with atomic_path(best) as tmp:
+                torch.save(checkpoint, tmp)
+        _append_csv(run / "log.csv", row)
+        logger.info("stn-fusion epoch %d: %s", epoch + 1, ", ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)))
+    return {k: state[k] for k in ("epoch", "best_value", "best_epoch", "wall_time_s")}
+
+
+def _append_csv(path: Path, row: dict[str, Any]) -> None:
+    new = not path.is_file()
+    with open(path, "a", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def is_stn_fusion_run(run_dir: str | os.PathLike) -> bool:
+    """Whether ``run_dir`` is a run of :func:`train_stn_fusion` (its ``run.json`` says so)."""
+    path = Path(run_dir) / "run.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("method") == "stn-fusion"
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def export_stn_fusion(run_dir: str | os.PathLike, model_dir: str | os.PathLike, *, name: str, checkpoint: str = "best",
+                      description: str | None = None, valid_input_spacing_mm: dict[str, list[float]] | None = None) -> ModelInfo:  # fmt: skip
+    """Write the run's ``best`` (or ``last``) checkpoint as a model directory whose card
+    names the method ``stn-fusion``, the supervision (aligned CTs) and the departures.
+
+    Raises:
+        InputError: not an STN-fusion run, no such checkpoint, or a bad name.
+    """
+    run_dir = Path(run_dir)
+    if not is_stn_fusion_run(run_dir):
+        raise InputError(f"{run_dir}: not an stn-fusion training run (no run.json with method stn-fusion)")
+    if checkpoint not in ("best", "last"):
+        raise InputError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
+    if not name or any(c in name for c in "/\\") or name.startswith("."):
+        raise InputError(f"name must be a plain, non-empty model name, got {name!r}")
+    path = run_dir / f"{checkpoint}.pt"
+    if not path.is_file():
+        raise InputError(f"{path}: no such checkpoint; train the run first")
+    run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    config = STNFusionTrainingConfig(**{**run["config"], "architecture": STNFusionConfig.from_dict(run["config"]["architecture"])})
+    net = STNFusionNet(config.architecture)
+    net.load_state_dict(state["model"], strict=True)
+    best_row = next((row for row in state["history"] if row["epoch"] == state["best_epoch"]), {})
+    data = data_description(run)
+    departures = ["residual: the U-Net's output is added to the warped CT (the paper's U-Net outputs the sCT)"] if config.architecture.residual else []
+    if config.perceptual_weight == 0:
+        departures.append("no perceptual term: no ImageNet VGG is available offline, and a random VGG is no perceptual metric")
+    elif config.vgg_weights is None:
+        departures.append("the perceptual term uses a fixed random VGG-19 (no ImageNet weights offline)")
+    departures.append("2-D canvas slices stacked as the volume: the input's own slice spacing, 1 mm in-plane by default, after our rigid pre-alignment")
+    metadata = {
+        "name": name,
+        "method": "stn-fusion",
+        "modality": config.modality,
+        "pixel_spacing_mm": list(config.pixel_spacing_mm),
+        "normalization": config.normalization,
+        "canvas": None,
+        "description": description or f"STN + early fusion ({'with' if config.architecture.stn else 'without'} STN) {config.modality.upper()} model",
+        "version": __version__,
+        "intended_use": INTENDED_USE,
+        "training": {
+            "data": data,
+            "config": config.to_dict(),
+            "target": "each training case's aligned CT (ct_aligned.nii.gz: known for synthetic phantoms; for real data a deformably registered CT)",
+            "supervision": "supervised on aligned CTs; aligned CTs also scored the validation cases and picked the best epoch",
+            "epochs": state["epoch"],
+            "best_epoch": state["best_epoch"],
+            "exported_checkpoint": f"{checkpoint}.pt",
+            "validation_at_best_epoch": {k: v for k, v in best_row.items() if k.startswith("val_")},
+            "wall_time_s": round(float(state["wall_time_s"]), 1),
+            "departures_from_the_paper": departures,
+            "library_version": __version__,
+        },
+    }
+    if valid_input_spacing_mm is not None:
+        metadata["valid_input_spacing_mm"] = valid_input_spacing_mm
+    return save_model(net, model_dir, metadata)
