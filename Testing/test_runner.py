@@ -56,10 +56,11 @@ def test_build_run_command():
                     "--model", "m", "--no-prealign", "--bones", "threshold", "--save-intermediate", "--batch-size", "8", "--progress", "json"]
     plain = build_run_command("py", "a", "b", "o", bones=None)
     assert plain == ["py", "-m", "RegisterByGenerationLib", "run", "a", "b", "-o", "o", "--modality", "mr", "--device", "auto", "--progress", "json"]
+    assert build_run_command("py", "a", "b", "o", method="stn-fusion", model="m")[12:16] == ["--model", "m", "--method", "stn-fusion"]
     tuned = build_run_command("py", "a", "b", "o", threads=3, precision="bfloat16")
     assert tuned[-6:] == ["--threads", "3", "--precision", "bfloat16", "--progress", "json"]
     for bad, match in (({"modality": "ct"}, "modality"), ({"device": "gpu"}, "device"), ({"bones": "magic"}, "bones"), ({"batch_size": 0}, "batch_size"),
-                       ({"threads": 0}, "threads"), ({"precision": "double"}, "precision")):
+                       ({"threads": 0}, "threads"), ({"precision": "double"}, "precision"), ({"method": "cyclegan"}, "method")):
         with pytest.raises(ValueError, match=match):
             build_run_command("py", "a", "b", "o", **bad)
     with pytest.raises(ValueError, match="input_path"):

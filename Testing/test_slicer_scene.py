@@ -474,3 +474,17 @@ def test_the_logic_runs_blocking_and_asynchronously(module_logic, phantom_case, 
         timers[-1].slot()
         time.sleep(0.05)
     assert cancelled[0].cancelled and scene.GetNumberOfNodes() == nodes and os.listdir(tmp_path) == []
+
+
+def test_the_logic_runs_a_method_without_a_model(module_logic, phantom_case, monkeypatch):
+    """``method="rigid"`` reaches ``rbg run --method rigid``: the result is the pre-aligned
+    reference on the input's exact grid and the report names the method and no model."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    logic, scene, _ = module_logic
+    mr = _add_volume(scene, phantom_case / "mr.nii.gz", "mr")
+    ct = _add_volume(scene, phantom_case / "ct.nii.gz", "ct")
+    result = logic.process(mr, ct, modality="MR", method="rigid", device="cpu", boneMethod="none", threads=1)
+    assert result.success and result.report["method"] == "rigid" and result.report["model"] is None
+    assert scenelib.sameGeometry(scenelib.worldGeometry(result.outputVolume), scenelib.worldGeometry(mr), 1e-6)
+    with pytest.raises(ValueError, match="'cyclegan' is not a valid Method"):
+        logic.process(mr, ct, modality="MR", method="cyclegan")
