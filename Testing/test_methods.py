@@ -248,3 +248,20 @@ def test_training_needs_aligned_cts(cbct_data, tmp_path):
         aligned.unlink()
     with pytest.raises(InputError, match=r"2PS0510: case 2PS0510 has no ct_aligned.nii.gz"):
         train_stn_fusion(_tiny_training(), data, tmp_path / "run", device="cpu")
+
+
+def test_benchmark_runs_stn_fusion_and_notes_when_there_is_no_model(stn_run, cbct_data, tmp_path):
+    from RegisterByGenerationLib.benchmark import run_benchmark
+
+    info = export_stn_fusion(stn_run, tmp_path / "model", name="tiny-stn")
+    data = tmp_path / "data"
+    shutil.copytree(sorted(p for p in cbct_data.iterdir() if p.is_dir())[2], data / "case")
+    rows = run_benchmark(data, tmp_path / "out", methods=("rigid", "stn-fusion"), threads=1, stn_fusion_model=str(info.path), progress=lambda line: None)
+    row = next(r for r in rows if r["method"] == "stn-fusion")
+    assert row["mae"] > 0 and row["note"] == "model model" and row["wall_s"] > 0
+    mr = tmp_path / "mr"
+    write_phantom_dataset(mr, cases=1, seed=520, modality="mr", size=(64, 48, 16))  # stn-fusion has no MR model
+    skipped = run_benchmark(mr, tmp_path / "out2", methods=("stn-fusion",), threads=1, progress=lambda line: None)
+    assert skipped[0]["note"].startswith("skipped: no mr stn-fusion model installed")
+    with pytest.raises(ModelError, match="is a rbg model, not a stn-fusion one"):
+        run_benchmark(data, tmp_path / "out3", methods=("stn-fusion",), stn_fusion_model="phantom-cbct-lite", progress=lambda line: None)
