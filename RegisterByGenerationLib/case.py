@@ -154,4 +154,4 @@ def _write_images(result: PipelineResult, folder: Path, save_intermediate: bool)
     images = {"pseudo_ct": result.pseudo_ct}
     if save_intermediate:
         images.update(stage1=result.stage1, flow_magnitude=result.flow_magnitude, reference_prealigned=result.reference_prealigned)
-    return {name: write_image(image, folder / OUTPUT_FILES[name]) for name, image in images.items()}
+    return {name: write_image(image, folder / OUTPUT_FILES[name]) for name, image in images.items() if image is not None}  # a method may have no Stage 1 or flow

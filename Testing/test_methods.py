@@ -115,6 +115,9 @@ def test_rbg_run_method_rigid_writes_a_report_naming_the_method(cbct_data, tmp_p
                  "--bones", "none", "--device", "cpu", "--progress", "none"]) == 0  # fmt: skip
     report = json.loads((out / "report.json").read_text())
     assert report["method"] == "rigid" and report["model"] is None
+    assert main(["run", str(case / "cbct.nii.gz"), str(case / "ct.nii.gz"), "-o", str(tmp_path / "kept"), "--modality", "cbct", "--method", "rigid",
+                 "--bones", "none", "--device", "cpu", "--progress", "none", "--save-intermediate"]) == 0  # fmt: skip
+    assert (tmp_path / "kept" / "reference_prealigned.nii.gz").is_file() and not (tmp_path / "kept" / "stage1.nii.gz").exists()
     assert main(["run", str(case / "cbct.nii.gz"), str(case / "ct.nii.gz"), "-o", str(tmp_path / "no"), "--modality", "cbct",
                  "--method", "syn", "--model", "phantom-cbct-lite"]) == 3  # fmt: skip
     assert "method syn uses no model" in capsys.readouterr().err and not (tmp_path / "no").exists()
