@@ -28,6 +28,8 @@ def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
     parser.add_argument("--mask", metavar="MASK", help="body mask (voxels > 0 are evaluated); default: automatic")
     parser.add_argument("--truth-bones", metavar="LABELS", help="ground-truth bone label map (needs --pred-bones)")
     parser.add_argument("--pred-bones", metavar="LABELS", help="bone label map of the pseudo-CT (needs --truth-bones)")
+    parser.add_argument("--field", metavar="FIELD", help="a displacement field (vector image, mm, physical axes) on PSEUDO_CT's grid, e.g. a "
+                        "registration's: its Jacobian determinant's fold fraction, minimum, 1st percentile and spread (inside --mask if given)")  # fmt: skip
     parser.add_argument(
         "--json",
         metavar="FILE",
@@ -42,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import InputError, OutputError
     from ..io import atomic_path, read_image
-    from ..metrics import check_same_grid, evaluate_images, unit_of
+    from ..metrics import check_same_grid, deformation_statistics, evaluate_images, unit_of
 
     # Validate everything before computing or writing anything.
     if (args.truth_bones is None) != (args.pred_bones is None):
@@ -66,7 +68,16 @@ def run(args: argparse.Namespace) -> int:
     if "mask" in images and not _any_nonzero(images["mask"]):
         raise InputError(f"{args.mask}: mask is empty (no voxel > 0)")
 
+    field = None
+    if args.field is not None:
+        field = read_image(args.field, validate=False)
+        check_same_grid(pseudo_ct, field, str(args.field), reference_name=f"pseudo-CT {args.pseudo_ct}")
     metrics = evaluate_images(pseudo_ct, **images)
+    if field is not None:
+        try:
+            metrics.update(deformation_statistics(field, images.get("mask")))
+        except InputError as error:
+            raise InputError(f"{args.field}: {error}") from None
 
     if "mask" not in images:
         print("metrics inside the automatic body mask of the pseudo-CT", file=sys.stderr, flush=True)
@@ -86,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
                 "mask": args.mask or "automatic body mask of the pseudo-CT",
                 "truth_bones": args.truth_bones,
                 "pred_bones": args.pred_bones,
+                "field": args.field,
             },
             "metrics": {name: value if math.isfinite(value) else str(value) for name, value in metrics.items()},
             "units": {name: unit_of(name) for name in metrics},

@@ -6,6 +6,8 @@ prediction first, spacing in array order ``(z, y, x)`` mm where physical units m
 - with an aligned ground-truth CT (SynthRAD2023 definitions): :func:`mae`, :func:`psnr`,
   :func:`ssim`;
 - bone overlap: :func:`dice`, :func:`hd95`, :func:`bone_dice_by_threshold`;
+- of a displacement field: :func:`jacobian_determinant`, :func:`deformation_statistics`
+  (the fraction of folded voxels);
 - without ground truth: :func:`gradient_correlation`, :func:`normalized_mutual_information`,
   :func:`sharpness`, :func:`tv_z`;
 
@@ -23,6 +25,7 @@ Example:
 from __future__ import annotations
 
 from .aggregate import UNITS, check_same_grid, evaluate_images, unit_of
+from .deformation import deformation_statistics, jacobian_determinant
 from .image_similarity import HU_RANGE, SSIM_WINDOW, mae, psnr, ssim
 from .no_reference import (
     canny_edges,
@@ -35,6 +38,8 @@ from .no_reference import (
 from .segmentation import BONE_THRESHOLD_HU, bone_dice_by_threshold, bone_mask, dice, hd95
 
 __all__ = [
+    "deformation_statistics",
+    "jacobian_determinant",
     "HU_RANGE",
     "SSIM_WINDOW",
     "BONE_THRESHOLD_HU",

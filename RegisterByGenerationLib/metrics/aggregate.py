@@ -28,6 +28,10 @@ UNITS = {
     "nmi": "",
     "sharpness": "HU²",
     "tv_z": "HU",
+    "fold_fraction": "",
+    "jacobian_min": "",
+    "jacobian_p01": "",
+    "jacobian_std": "",
 }
 _PER_LABEL_DICE = "bone_dice_label_"
 
