@@ -219,6 +219,7 @@ def train_stn_fusion(config: STNFusionTrainingConfig, data_dir: str | os.PathLik
         InputError: no cases, no aligned CTs, or a checkpoint exists without ``resume``.
     """
     from ...pipeline import select_device
+    from ...training.trainer import hardware_description
 
     run = check_writable_dir(run_dir)
     last, best = run / "last.pt", run / "best.pt"
@@ -252,6 +253,7 @@ def train_stn_fusion(config: STNFusionTrainingConfig, data_dir: str | os.PathLik
         scheduler.load_state_dict(checkpoint["scheduler"])
         torch.set_rng_state(checkpoint["rng"])
         state = {k: checkpoint[k] for k in state}
+    hardware = hardware_description(torch_device)
     dataset = PatchDataset(train_cases, config, config.steps_per_epoch * config.batch_size)
     loader = torch.utils.data.DataLoader(dataset, batch_size=config.batch_size, shuffle=False, drop_last=True)
     final = config.epochs if stop_after is None else min(config.epochs, int(stop_after))
@@ -280,7 +282,8 @@ def train_stn_fusion(config: STNFusionTrainingConfig, data_dir: str | os.PathLik
         state["history"].append(row)
         checkpoint = {"format": 1, "method": "stn-fusion", "library_version": __version__, "config": config.to_dict(),
                       "model": {k: v.detach().cpu() for k, v in net.state_dict().items()}, "optimizer": optimizer.state_dict(),
-                      "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), **state}  # fmt: skip
+                      "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "hardware": hardware,
+                      "threads": torch.get_num_threads(), **state}  # fmt: skip
         with atomic_path(last) as tmp:
             torch.save(checkpoint, tmp)
         if improved:
@@ -332,7 +335,8 @@ def export_stn_fusion(run_dir: str | os.PathLike, model_dir: str | os.PathLike, 
     config = STNFusionTrainingConfig(**{**run["config"], "architecture": STNFusionConfig.from_dict(run["config"]["architecture"])})
     net = STNFusionNet(config.architecture)
     net.load_state_dict(state["model"], strict=True)
-    best_row = next((row for row in state["history"] if row["epoch"] == state["best_epoch"]), {})
+    latest = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)  # the whole run, whichever checkpoint is exported
+    best_row = next((row for row in latest["history"] if row["epoch"] == latest["best_epoch"]), {})
     data = data_description(run)
     departures = ["residual: the U-Net's output is added to the warped CT (the paper's U-Net outputs the sCT)"] if config.architecture.residual else []
     if config.perceptual_weight == 0:
@@ -355,11 +359,12 @@ def export_stn_fusion(run_dir: str | os.PathLike, model_dir: str | os.PathLike, 
             "config": config.to_dict(),
             "target": "each training case's aligned CT (ct_aligned.nii.gz: known for synthetic phantoms; for real data a deformably registered CT)",
             "supervision": "supervised on aligned CTs; aligned CTs also scored the validation cases and picked the best epoch",
-            "epochs": state["epoch"],
-            "best_epoch": state["best_epoch"],
-            "exported_checkpoint": f"{checkpoint}.pt",
+            "epochs": latest["epoch"],
+            "best_epoch": latest["best_epoch"],
+            "exported_checkpoint": f"{checkpoint}.pt (epoch {state['epoch']})",
             "validation_at_best_epoch": {k: v for k, v in best_row.items() if k.startswith("val_")},
-            "wall_time_s": round(float(state["wall_time_s"]), 1),
+            "wall_time_s": round(float(latest["wall_time_s"]), 1),
+            "hardware": latest.get("hardware", "not recorded"),
             "departures_from_the_paper": departures,
             "library_version": __version__,
         },
