@@ -2,15 +2,9 @@
 
 Methods, each giving a CT in HU on the input's exact grid:
 
-- ``input``: the CBCT as it is (CBCT cases only): what a user has without any CT;
-- ``rigid``: the reference CT after our rigid mutual-information pre-alignment
-  (:func:`~RegisterByGenerationLib.preprocess.prealign_reference`);
-- ``syn``: ANTsPy ``ants.registration(fixed=input, moving=reference_ct,
-  type_of_transform="SyN")`` with its defaults (affine + SyN, Mattes MI), applied to the
-  reference CT (linear, -1024 HU outside);
-- ``elastix``: itk-elastix default ``rigid`` then ``bspline`` maps (metric
-  AdvancedMattesMutualInformation) with ``FinalGridSpacingInPhysicalUnits`` = 40 mm: the
-  default 10 mm grid folds in the pelvis (DESIGN §9);
+- ``input``, ``rigid``, ``syn``, ``elastix``: the CBCT as it is (CBCT cases only) and the
+  classical registrations, exactly as :mod:`.methods.classical.registration` describes and
+  runs them (``rbg run --method`` runs the same);
 - ``stage1``: our Stage 1 output alone; ``rbg``: the full pipeline (one pipeline run gives
   both, so they share its wall time and memory);
 - ``refined``: the pipeline with ``refine="demons"`` (the pre-aligned reference

@@ -37,19 +37,21 @@ class RigidMethod(_Classical):
         return MethodOutput(image=inputs.reference_on_input, complete=True)
 
 
-class SynMethod(_Classical):
+class _Registration(_Classical):
+    """A registration of the reference CT as given onto the input; subclasses set ``register``."""
+
+    def generate(self, inputs: MethodInputs) -> MethodOutput:
+        inputs.progress(0.0, "register", f"{self.name} registration of the reference CT onto the input")
+        return MethodOutput(image=self.register(inputs.input_image, inputs.reference_ct, inputs.seed), complete=True)
+
+
+class SynMethod(_Registration):
     name = "syn"
     summary = "ANTs SyN (defaults: affine + SyN, Mattes MI) of the reference CT onto the input; needs the benchmark extra"
-
-    def generate(self, inputs: MethodInputs) -> MethodOutput:
-        inputs.progress(0.0, "register", "ANTs SyN of the reference CT onto the input")
-        return MethodOutput(image=run_syn(inputs.input_image, inputs.reference_ct, inputs.seed), complete=True)
+    register = staticmethod(run_syn)
 
 
-class ElastixMethod(_Classical):
+class ElastixMethod(_Registration):
     name = "elastix"
     summary = "elastix rigid + B-spline (40 mm grid, Mattes MI) of the reference CT onto the input; needs the benchmark extra"
-
-    def generate(self, inputs: MethodInputs) -> MethodOutput:
-        inputs.progress(0.0, "register", "elastix rigid + B-spline of the reference CT onto the input")
-        return MethodOutput(image=run_elastix(inputs.input_image, inputs.reference_ct, inputs.seed), complete=True)
+    register = staticmethod(run_elastix)
