@@ -249,8 +249,12 @@ def test_training_needs_aligned_cts(cbct_data, tmp_path):
     shutil.copytree(cbct_data, data)
     for aligned in data.glob("*/ct_aligned.nii.gz"):
         aligned.unlink()
-    with pytest.raises(InputError, match=r"2PS0510: case 2PS0510 has no ct_aligned.nii.gz"):
+    with pytest.raises(InputError, match=r"2PS0510: case 2PS0510 has no ct_aligned.nii.gz, the target stn-fusion training needs"):
         train_stn_fusion(_tiny_training(), data, tmp_path / "run", device="cpu")
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(InputError, match="dataset folder not found"):
+        train_stn_fusion(_tiny_training(), tmp_path / "missing", tmp_path / "run2", device="cpu")
+    assert not (tmp_path / "run2").exists()  # nothing written for bad data
 
 
 def test_benchmark_runs_stn_fusion_and_notes_when_there_is_no_model(stn_run, cbct_data, tmp_path):

@@ -221,16 +221,19 @@ def train_stn_fusion(config: STNFusionTrainingConfig, data_dir: str | os.PathLik
     from ...pipeline import select_device
     from ...training.trainer import hardware_description
 
-    run = check_writable_dir(run_dir)
-    last, best = run / "last.pt", run / "best.pt"
-    if last.is_file() and not resume:
-        raise InputError(f"{run}: already has a checkpoint; pass --resume to continue it, or use a new --out")
+    if (Path(run_dir) / "last.pt").is_file() and not resume:
+        raise InputError(f"{run_dir}: already has a checkpoint; pass --resume to continue it, or use a new --out")
     torch_device = select_device(device)
     canvas = config.canvas_config()
-    _, files = find_cases(data_dir, config.modality)
+    _, files = find_cases(data_dir, config.modality)  # bad data: refused before the run folder exists
     train_files, val_files = split_cases(files, val_fraction=config.val_fraction, seed=config.seed, val_cases=config.val_cases)
     if not train_files:
         raise InputError(f"{data_dir}: no training case left after the validation split")
+    unaligned = next((f for f in train_files if f.truth is None), None)
+    if unaligned is not None:
+        raise InputError(f"{unaligned.folder}: case {unaligned.case_id} has no ct_aligned.nii.gz, the target stn-fusion training needs")
+    run = check_writable_dir(run_dir)
+    last, best = run / "last.pt", run / "best.pt"
     train_cases = [load_case(f, canvas, run / "cache") for f in train_files]
     val_cases = [load_case(f, canvas, run / "cache", pixel_target=False) for f in val_files]
     val_cases = [case for case in val_cases if case.truth_hu is not None]
