@@ -239,6 +239,28 @@ def test_reference_is_misaligned_by_the_recorded_transform(mr_case):
         assert np.array_equal(ours, theirs)
 
 
+def test_reference_mr_is_the_reference_anatomy_in_the_input_sequence_and_changes_nothing_else(mr_case, tmp_path):
+    """``reference_mr``: an MR on the reference CT's grid, of its anatomy (the body and the
+    bones of the reference CT, not of the input), and every other image byte-identical."""
+    paired = generate_case(3, "mr", size=SIZE, reference_mr=True)
+    assert mr_case.reference_mr is None
+    for name in ("input", "reference_ct", "ct_aligned", "mask", "bones"):
+        assert np.array_equal(array(getattr(paired, name)), array(getattr(mr_case, name))), name
+    assert same_geometry(paired.reference_mr, paired.reference_ct)
+    ref_ct, ref_mr = array(paired.reference_ct), array(paired.reference_mr)
+    body_ct = ref_ct > -500
+    body_mr = ndimage.binary_fill_holes(ndimage.gaussian_filter(ref_mr, 1.5) > 0.1 * np.percentile(ref_mr, 99))
+    dice = 2 * np.sum(body_ct & body_mr) / (body_ct.sum() + body_mr.sum())
+    assert dice > 0.9, dice
+    # Against the input's anatomy resampled there, the reference MR's body fits worse.
+    moved = array(sitk.Resample(paired.ct_aligned, paired.reference_ct, sitk.Transform(), sitk.sitkLinear, -1000.0)) > -500
+    assert 2 * np.sum(moved & body_mr) / (moved.sum() + body_mr.sum()) < dice
+    folder = dataset.write_case(paired, tmp_path)
+    assert same_geometry(read_image(folder / "mr_reference.nii.gz"), read_image(folder / "ct.nii.gz"))
+    with pytest.raises(InputError, match="only MR cases have one"):
+        generate_case(3, "cbct", size=SIZE, reference_mr=True)
+
+
 def test_truth_records_organ_changes_and_version(mr_case):
     truth = mr_case.truth
     assert truth["seed"] == 3 and truth["modality"] == "mr" and truth["generator_version"] == PHANTOM_VERSION

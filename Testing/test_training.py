@@ -370,6 +370,25 @@ def test_resume_continues_exactly(phantom_data, trained_run, tmp_path, decay):
         assert any(not torch.equal(straight["model"][k], v) for k, v in straight["live_model"].items())
 
 
+def test_selection_with_the_bone_dice_picks_the_epoch_of_the_combined_number(phantom_data, trained_run, tmp_path):
+    """``selection_dice_weight_hu``: every epoch logs val_mae + w (1 - val_bone_dice) and
+    best.pt is the epoch where it is lowest, not where the MAE is; negative weights refused."""
+    run, _, _ = trained_run
+    config = TrainingConfig.tiny(selection_dice_weight_hu=200.0)
+    config.stage1.epochs = 3
+    config.stage1.samples_per_epoch = 8
+    shutil.copytree(run / "cache", tmp_path / "cache")
+    result = Trainer(config, phantom_data, tmp_path, device="cpu", progress=False).train("stage1")
+    rows = result.history
+    for row in rows:
+        assert row["val_selection"] == pytest.approx(row["val_mae"] + 200.0 * (1 - row["val_bone_dice"]))
+    best = min(rows, key=lambda row: row["val_selection"])
+    assert result.best_metric == "val_selection" and result.best_epoch == best["epoch"]
+    assert load_checkpoint(tmp_path / "stage1" / "best.pt")["epoch"] == best["epoch"]
+    with pytest.raises(InputError, match="selection_dice_weight_hu must be non-negative"):
+        TrainingConfig.tiny(selection_dice_weight_hu=-1.0)
+
+
 def test_weight_average_is_the_exponential_moving_average_and_swaps_in_and_out():
     """After steps with weights w1, w2, w3 the average is d²·w1 + d(1−d)·w2 + (1−d)·w3 (the
     first step copies); inside ``swapped_into`` the network holds it, after it the live

@@ -18,6 +18,8 @@ is on the input grid: ct_aligned.nii.gz (CT of the input's anatomy, HU) and
 bones.nii.gz (bone labels: {", ".join(f"{v} {n}" for v, n in BONE_LABELS.items())}).
 phantom.json holds the seed and the true misalignment. Case i uses seed S+i and is
 named 1PS<seed> (MR) or 2PS<seed> (CBCT); the same seed always gives the same images.
+--reference-mr (MR) also writes mr_reference.nii.gz, the MR of the reference CT's
+anatomy on its grid: the pair that `rbg train dual-similarity` needs.
 """
 
 
@@ -37,6 +39,8 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
         help="input grid size in voxels, x y z (default: 256 192 48; each >= 16)",
     )
     parser.add_argument("--oblique", action="store_true", help="tilt the input and reference grids a few degrees")
+    parser.add_argument("--reference-mr", action="store_true",
+                        help="MR only: also write mr_reference.nii.gz, the MR of the reference's anatomy (paired training)")
     return parser
 
 
@@ -46,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     folders = write_phantom_dataset(
         args.output, args.cases, args.seed, args.modality, tuple(args.size), args.oblique,
-        progress=lambda folder: print(folder, flush=True),
+        progress=lambda folder: print(folder, flush=True), reference_mr=args.reference_mr,
     )
     elapsed = time.perf_counter() - start
     print(f"rbg phantom: wrote {len(folders)} {args.modality} case(s) to {args.output} in {elapsed:.1f} s")

@@ -7,7 +7,10 @@ One case (seed ``s``) is one patient scanned twice:
   :mod:`RegisterByGenerationLib.bone_labels`) and ``mask`` (body mask of the input);
 - the **reference CT** on its own grid (other origin, field of view and spacing), of the
   same patient with another bladder filling and rectal gas, moved rigidly and deformed
-  (:mod:`.deformation`), with CT noise.
+  (:mod:`.deformation`), with CT noise;
+- optionally (MR cases, ``reference_mr``) the **MR of the reference's anatomy** on the
+  reference grid (``mr_reference``): the pair of the reference CT that paired-data
+  training (the dual-similarity registration) needs, same sequence, its own noise.
 
 Both scans evaluate one continuous anatomy (:mod:`.anatomy`) at their own physical
 points, so the truth is exact and nothing is resampled. The same seed gives the same
@@ -82,6 +85,7 @@ class PhantomCase:
     mask: sitk.Image
     bones: sitk.Image
     truth: dict = field(default_factory=dict)
+    reference_mr: sitk.Image | None = None
 
 
 @dataclass(frozen=True)
@@ -264,7 +268,9 @@ def _scan(plan: _Plan, grid: Grid, state: anat.OrganState, channels: tuple[str, 
     return seen.unpermuted(order)
 
 
-def generate_case(seed: int, modality: str, size: Sequence[int] = DEFAULT_SIZE, oblique: bool = False) -> PhantomCase:
+def generate_case(
+    seed: int, modality: str, size: Sequence[int] = DEFAULT_SIZE, oblique: bool = False, reference_mr: bool = False
+) -> PhantomCase:
     """Generate one phantom case.
 
     Args:
@@ -274,6 +280,9 @@ def generate_case(seed: int, modality: str, size: Sequence[int] = DEFAULT_SIZE, 
         size: input grid size (x, y, z) in voxels, each >= 16; the spacing follows
             from the patient's size so the body always fits.
         oblique: tilt both grids a few degrees off the axes.
+        reference_mr: MR cases only: also render the MR of the reference's anatomy on the
+            reference grid (same sequence and bias model, its own noise); every other
+            image is unchanged by it.
 
     Returns:
         The case; ``truth`` holds the misalignment and organ changes (JSON-ready).
@@ -285,6 +294,8 @@ def generate_case(seed: int, modality: str, size: Sequence[int] = DEFAULT_SIZE, 
     _check_modality(modality)
     size = _check_size(size)
     _check_oblique(oblique)
+    if reference_mr and modality != "mr":
+        raise InputError(f"reference_mr: only MR cases have one, got modality {modality!r}")
     plan = _plan(seed, size, oblique)
     # Separate streams, so the MR and the CBCT case of a seed share everything above.
     noise_rng, acquisition_rng, ref_noise_rng = (np.random.default_rng([seed, k]) for k in (1, 2, 3))
@@ -319,8 +330,13 @@ def generate_case(seed: int, modality: str, size: Sequence[int] = DEFAULT_SIZE, 
     else:  # _check_modality lets nothing else through
         raise InputError(f"modality: must be one of {', '.join(MODALITIES)}, got {modality!r}")
 
-    ref = _scan(plan, grid_ref, plan.state_ref, ("ct",), moved=True)
     ref_shape = grid_ref.size[::-1]
+    if reference_mr:
+        ref = _scan(dataclasses.replace(plan, tissues=mr_tissues), grid_ref, plan.state_ref, ("ct", "mr"), moved=True)
+        ref_uvw = tuple(2 * a / np.float32(max(float(a.max()), 1e-6)) - 1 for a in grid_ref.axes_mm())
+        ref_mr = grid_ref.image(apply_mr(ref.mr.reshape(ref_shape), ref_uvw, mr_acq, np.random.default_rng([seed, 5])))
+    else:
+        ref, ref_mr = _scan(plan, grid_ref, plan.state_ref, ("ct",), moved=True), None
     ref_ct = ref.ct.reshape(ref_shape) + correlated_noise(ref_noise_rng, ref_shape, plan.ct_noise_hu, 0.6)
 
     identifier = case_id(seed, modality)
@@ -352,6 +368,7 @@ def generate_case(seed: int, modality: str, size: Sequence[int] = DEFAULT_SIZE, 
         mask=grid_in.image(mask.astype(np.uint8)),
         bones=grid_in.image(seen.labels.reshape(shape)),
         truth=truth,
+        reference_mr=ref_mr,
     )
 
 
@@ -399,6 +416,8 @@ def write_case(case: PhantomCase, out_dir: str | os.PathLike) -> Path:
     write_image(case.mask, folder / "mask.nii.gz")
     write_image(case.ct_aligned, folder / "ct_aligned.nii.gz")
     write_image(case.bones, folder / "bones.nii.gz")
+    if case.reference_mr is not None:
+        write_image(case.reference_mr, folder / "mr_reference.nii.gz")
     with atomic_path(folder / "phantom.json") as tmp:
         tmp.write_text(json.dumps(case.truth, indent=2) + "\n", encoding="utf-8")
     return folder
@@ -412,12 +431,13 @@ def write_phantom_dataset(
     size: Sequence[int] = DEFAULT_SIZE,
     oblique: bool = False,
     progress: Callable[[Path], None] | None = None,
+    reference_mr: bool = False,
 ) -> list[Path]:
     """Generate ``cases`` cases with seeds ``seed, seed + 1, ...`` and write them under ``out_dir``.
 
     Args:
         out_dir: output folder, created if needed.
-        cases, seed, modality, size, oblique: see :func:`generate_case`.
+        cases, seed, modality, size, oblique, reference_mr: see :func:`generate_case`.
         progress: called with each case folder once it is written.
 
     Returns:
@@ -433,10 +453,12 @@ def write_phantom_dataset(
     _check_modality(modality)
     size = _check_size(size)
     _check_oblique(oblique)
+    if reference_mr and modality != "mr":
+        raise InputError(f"reference_mr: only MR cases have one, got modality {modality!r}")
     out = check_writable_dir(out_dir)
     folders = []
     for i in range(int(cases)):
-        folders.append(write_case(generate_case(seed + i, modality, size, oblique), out))
+        folders.append(write_case(generate_case(seed + i, modality, size, oblique, reference_mr), out))
         if progress is not None:
             progress(folders[-1])
     return folders

@@ -156,6 +156,12 @@ class TrainingConfig:
     and the checkpoints' ``model`` is it, so ``best.pt``, the next phase and the export
     use the average instead of the last step's noisy weights. 0 (off) in every preset.
 
+    ``selection_dice_weight_hu`` > 0 picks Stage 1's and Stage 2's ``best.pt`` by
+    ``val_selection = val_mae + selection_dice_weight_hu * (1 - val_bone_dice)`` instead of
+    the MAE alone (needs aligned CTs for validation): on CBCT the bone Dice peaks early and
+    then falls while the MAE stays flat, so the MAE alone picks a lower Dice than the run
+    had. The weight says how many HU of MAE one unit of Dice is worth (200: 0.01 Dice = 2 HU).
+
     ``pixel_target = "registered"`` compares both pixel terms instead with the reference
     registered onto the input by a classical method (``target_registration``: elastix
     rigid + B-spline on a 40 mm grid, or ANTs SyN, as ``rbg benchmark`` runs them;
@@ -211,6 +217,7 @@ class TrainingConfig:
     stage2_reference_shift_px: int = 10
     augment: AugmentSettings = field(default_factory=AugmentSettings)
     weight_average_decay: float = 0.0
+    selection_dice_weight_hu: float = 0.0
     num_workers: int = 0
 
     def __post_init__(self) -> None:
@@ -249,6 +256,8 @@ class TrainingConfig:
                 raise InputError(f"bone_softness_hu must be positive, got {self.bone_softness_hu!r}")
         if not 0 <= self.weight_average_decay < 1:
             raise InputError(f"weight_average_decay must be in [0, 1) (0: off), got {self.weight_average_decay!r}")
+        if not self.selection_dice_weight_hu >= 0:
+            raise InputError(f"selection_dice_weight_hu must be non-negative (0: select by the MAE alone), got {self.selection_dice_weight_hu!r}")
         if self.pixel_target not in PIXEL_TARGETS:
             raise InputError(f"pixel_target must be one of {', '.join(PIXEL_TARGETS)}, got {self.pixel_target!r}")
         if self.target_registration not in TARGET_REGISTRATIONS:

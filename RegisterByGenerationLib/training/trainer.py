@@ -288,6 +288,8 @@ class Trainer:
             if context.is_main:
                 with average.swapped_into(model) if average is not None else nullcontext():
                     row.update(self.validate(step))
+                if metric == "val_selection":
+                    row["val_selection"] = row["val_mae"] + self.config.selection_dice_weight_hu * (1.0 - row["val_bone_dice"])
                 value = row.get(metric, float(epoch + 1))
                 improved = _better(value, state["best_value"], mode)
                 if improved:
@@ -312,13 +314,16 @@ class Trainer:
     # ------------------------------------------------------------------ validation
 
     def _best_metric(self, phase: str) -> tuple[str, str]:
-        """Which validation number picks ``best.pt``: with aligned CTs the MAE, else a
-        no-reference one; the last epoch when there is no validation case."""
+        """Which validation number picks ``best.pt``: with aligned CTs the MAE (or
+        ``val_selection``, the MAE with the bone Dice, when ``selection_dice_weight_hu`` is
+        set), else a no-reference one; the last epoch when there is no validation case."""
         if not self.val_cases:
             return "epoch", "max"
         truth = all(case.truth_hu is not None for case in self.val_cases)
         if phase == "registration":
             return ("val_warped_mae", "min") if truth else ("val_mse", "min")
+        if truth and self.config.selection_dice_weight_hu > 0:
+            return "val_selection", "min"
         return ("val_mae", "min") if truth else ("val_gradient_correlation", "max")
 
     @torch.no_grad()
