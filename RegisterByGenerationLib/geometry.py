@@ -262,6 +262,38 @@ class CanvasGrid:
         canvas.SetDirection(self._canvas.direction)
         return self._image.resample(canvas, interpolator, default_value)
 
+    @property
+    def spacing_zyx(self) -> tuple[float, float, float]:
+        """Canvas voxel spacing (mm) along the array axes (Z, H, W)."""
+        return tuple(float(s) for s in self._canvas.spacing[::-1])
+
+    def displacement_from_canvas(self, ddf: np.ndarray) -> sitk.Image:
+        """A canvas displacement in voxels → a displacement field in mm on the image's grid.
+
+        Args:
+            ddf: ``[3, Z, H, W]``, channel ``k`` the displacement along array axis ``k``
+                in canvas voxels (MONAI's ``Warp`` convention: ``out(i) = image(i + ddf(i))``).
+
+        Returns:
+            A float64 vector image on the original grid whose vectors are physical (LPS, mm):
+            ``sitk.DisplacementFieldTransform`` of it maps each image point ``p`` to
+            ``p + u(p)``, where the canvas displacement points. Outside the canvas: zero.
+
+        Raises:
+            ValueError: ``ddf`` does not have shape ``[3, *shape]``.
+        """
+        ddf = np.asarray(ddf, dtype=np.float64)
+        if ddf.shape != (3, *self.shape):
+            raise ValueError(f"ddf must have shape (3, {', '.join(map(str, self.shape))}), got {ddf.shape}")
+        along_xyz = ddf[::-1] * np.asarray(self._canvas.spacing, dtype=np.float64)[:, None, None, None]  # mm along the canvas axes
+        physical = np.tensordot(np.reshape(self._canvas.direction, (3, 3)), along_xyz, axes=1)
+        components = [sitk.GetArrayFromImage(self.from_canvas(c, default_value=0.0)) for c in physical]
+        field = sitk.GetImageFromArray(np.stack(components, axis=-1).astype(np.float64), isVector=True)
+        field.SetSpacing(self._image.spacing)
+        field.SetOrigin(self._image.origin)
+        field.SetDirection(self._image.direction)
+        return field
+
     def to_dict(self) -> dict:
         """A JSON-ready description of the image grid and the canvas, for reports."""
         return {

@@ -222,3 +222,36 @@ def test_canvas_validation():
     other = make_volume(origin=(0.0, 0.0, 0.0))
     with pytest.raises(ValueError, match="grid the canvas was built for"):
         grid.to_canvas(other, default_value=0.0)
+
+
+@pytest.mark.parametrize("name", list(DIRECTIONS))
+def test_canvas_displacement_is_physical_and_warps_as_monai_does(name):
+    """A canvas displacement in voxels (MONAI's Warp convention) becomes a physical field on
+    the image grid: sitk resampling with it gives what MONAI's Warp gives on the canvas."""
+    import torch
+    from monai.networks.blocks import Warp
+
+    image = smooth_volume(size=(36, 30, 14), spacing=(1.0, 1.0, 2.0), direction=DIRECTIONS[name])
+    grid = CanvasGrid.for_image(image, None, multiple=1)
+    z, y, x = np.meshgrid(*(np.arange(n, dtype=np.float64) for n in grid.shape), indexing="ij")
+    ddf = np.stack([0.4 + 0 * z, 1.5 * np.sin(x / 9.0), -2.0 + 0.05 * y])  # voxels along (Z, H, W)
+    field = grid.displacement_from_canvas(ddf)
+    assert field.GetSize() == image.GetSize() and field.GetDirection() == image.GetDirection()
+    # At a voxel where the canvas and the image coincide, the vector is D (spacing · ddf).
+    description = grid.to_dict()
+    direction = np.reshape(description["canvas_direction"], (3, 3))
+    spacing = np.array([description["pixel_spacing_mm"][1], description["pixel_spacing_mm"][0], description["slice_spacing_mm"]])
+    index = (grid.shape[0] // 2, grid.shape[1] // 2 - 1, grid.shape[2] // 2 + 1)  # canvas (z, y, x)
+    point = np.array(description["canvas_origin_mm"]) + direction @ (spacing * np.array(index[::-1]))
+    image_index = image.TransformPhysicalPointToIndex(tuple(point))
+    expected = direction @ (spacing * ddf[::-1, index[0], index[1], index[2]])
+    assert np.allclose(field[image_index], expected, atol=1e-6)
+
+    canvas = grid.to_canvas(image, default_value=0.0)
+    monai = Warp(mode="bilinear", padding_mode="border")(torch.from_numpy(canvas)[None, None], torch.from_numpy(ddf).float()[None])
+    warped = sitk.Resample(image, image, sitk.DisplacementFieldTransform(sitk.Image(field)), sitk.sitkLinear, 0.0)
+    ours = grid.to_canvas(warped, default_value=0.0)
+    inner = (slice(3, -3), slice(4, -4), slice(4, -4))
+    assert np.abs(ours[inner] - monai[0, 0].numpy()[inner]).max() < 1e-2 * np.abs(canvas).max()
+    with pytest.raises(ValueError, match="ddf must have shape"):
+        grid.displacement_from_canvas(ddf[:, :-1])
