@@ -19,7 +19,6 @@ sliding-window validation (MAE and bone Dice in HU on the validation cases);
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -41,6 +40,7 @@ from ...metrics import bone_dice_by_threshold, mae
 from ...training.config import TrainingConfig, default_normalization
 from ...training.data import CachedCase, find_cases, load_case, split_cases
 from ...training.export import INTENDED_USE, data_description
+from ...training.volume_runs import append_csv, crop3d, load_config_file, run_method
 from .inference import predict_volume
 from .network import STNFusionConfig, STNFusionNet
 
@@ -108,28 +108,7 @@ class STNFusionTrainingConfig:
 
 def load_training_config(path: str | os.PathLike | None, **overrides: Any) -> STNFusionTrainingConfig:
     """Defaults, then the JSON file at ``path`` (unknown keys refused), then ``overrides``."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as error:
-            raise InputError(f"{path}: cannot read the configuration ({error})") from error
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    known = {f for f in STNFusionTrainingConfig.__dataclass_fields__}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise InputError(f"{path or 'config'}: unknown keys {', '.join(unknown)}")
-    return STNFusionTrainingConfig(**data)
-
-
-def _crop3d(volume: np.ndarray, corner: tuple[int, int, int], size: tuple[int, ...], pad: float) -> np.ndarray:
-    """``volume[corner : corner + size]``, padded with ``pad`` where it leaves the volume."""
-    out = np.full(size, pad, dtype=np.float32)
-    src = [slice(max(c, 0), min(c + s, n)) for c, s, n in zip(corner, size, volume.shape)]
-    dst = [slice(a.start - c, a.stop - c) for a, c in zip(src, corner)]
-    if all(a.stop > a.start for a in src):
-        out[tuple(dst)] = volume[tuple(src)]
-    return out
+    return load_config_file(STNFusionTrainingConfig, path, **overrides)
 
 
 class PatchDataset(torch.utils.data.Dataset):
@@ -162,9 +141,9 @@ class PatchDataset(torch.utils.data.Dataset):
             s = config.reference_shift_px
             shift = (int(rng.integers(-1, 2)), int(rng.integers(-s, s + 1)), int(rng.integers(-s, s + 1)))
         sample = {
-            "x": _crop3d(case.x, corner, patch, float(case.x.min())),
-            "y": _crop3d(case.y, tuple(a + b for a, b in zip(corner, shift)), patch, -1.0),
-            "target": _crop3d(case.y_target, corner, patch, -1.0),
+            "x": crop3d(case.x, corner, patch, float(case.x.min())),
+            "y": crop3d(case.y, tuple(a + b for a, b in zip(corner, shift)), patch, -1.0),
+            "target": crop3d(case.y_target, corner, patch, -1.0),
         }
         if config.flip and rng.random() < 0.5:
             sample = {k: v[..., ::-1] for k, v in sample.items()}
@@ -292,27 +271,14 @@ def train_stn_fusion(config: STNFusionTrainingConfig, data_dir: str | os.PathLik
         if improved:
             with atomic_path(best) as tmp:
                 torch.save(checkpoint, tmp)
-        _append_csv(run / "log.csv", row)
+        append_csv(run / "log.csv", row)
         logger.info("stn-fusion epoch %d: %s", epoch + 1, ", ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)))
     return {k: state[k] for k in ("epoch", "best_value", "best_epoch", "wall_time_s")}
 
 
-def _append_csv(path: Path, row: dict[str, Any]) -> None:
-    new = not path.is_file()
-    with open(path, "a", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
-
-
 def is_stn_fusion_run(run_dir: str | os.PathLike) -> bool:
     """Whether ``run_dir`` is a run of :func:`train_stn_fusion` (its ``run.json`` says so)."""
-    path = Path(run_dir) / "run.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8")).get("method") == "stn-fusion"
-    except (OSError, json.JSONDecodeError):
-        return False
+    return run_method(run_dir) == "stn-fusion"
 
 
 def export_stn_fusion(run_dir: str | os.PathLike, model_dir: str | os.PathLike, *, name: str, checkpoint: str = "best",
