@@ -1,4 +1,4 @@
-"""A benchmark case with ground truth from one real CT: CBCT-like input, deformed reference.
+"""A benchmark case with ground truth from one real CT: CBCT- or MR-like input, deformed reference.
 
 The phantoms (:mod:`.phantoms`) have exact truth but simplified anatomy. To measure the
 methods on real anatomy we build a case from a single real CT ``C`` (HU):
@@ -7,13 +7,16 @@ methods on real anatomy we build a case from a single real CT ``C`` (HU):
 - **input**: :func:`simulate_cbct` of ``C`` — what a cone-beam CT of the same anatomy
   looks like: a wrong HU scale (gain and offset), low-frequency shading (cupping towards
   the centre plus a smooth random field), slight blur, Gaussian noise, and a cylindrical
-  field of view smaller than the body (air outside);
+  field of view smaller than the body (air outside); or :func:`simulate_mr` of ``C`` —
+  an MR-like image: each voxel's HU mapped to a T1- or T2-weighted signal through the
+  tissue signals of the phantoms (:mod:`.phantoms.contrast`), then the phantoms' bias
+  field and Rician noise;
 - **reference CT**: :func:`deform_smoothly` of ``C`` — the same patient misaligned by a
   rigid motion plus a smooth random deformation (mean displacement inside the body
   ~8 mm by default), i.e. the "planning CT" the methods must bring onto the input.
 
 :func:`make_real_case` returns these images and :func:`write_real_case` writes them in
-the SynthRAD2023 layout of ``rbg phantom`` (``cbct.nii.gz``, ``ct.nii.gz``,
+the SynthRAD2023 layout of ``rbg phantom`` (``cbct.nii.gz`` or ``mr.nii.gz``, ``ct.nii.gz``,
 ``ct_aligned.nii.gz``, ``mask.nii.gz``, plus ``case.json`` with the parameters), so the
 same tools read phantoms and this case. Every random draw comes from ``seed``.
 
@@ -40,14 +43,14 @@ from .errors import InputError
 from .io import atomic_path, check_writable_dir, write_image
 from .mask import body_mask
 
-__all__ = ["RealCase", "simulate_cbct", "deform_smoothly", "make_real_case", "write_real_case"]
+__all__ = ["RealCase", "simulate_cbct", "simulate_mr", "MR_ANCHORS", "deform_smoothly", "make_real_case", "write_real_case"]
 
 AIR_HU = -1024.0
 
 
 @dataclass
 class RealCase:
-    """A CBCT-like input, a misaligned reference CT and the truth, from one real CT."""
+    """A CBCT- or MR-like input, a misaligned reference CT and the truth, from one real CT."""
 
     case_id: str
     input: sitk.Image
@@ -55,6 +58,7 @@ class RealCase:
     ct_aligned: sitk.Image
     mask: sitk.Image
     parameters: dict[str, Any] = field(default_factory=dict)
+    modality: str = "cbct"
 
 
 def _check_ct(ct: sitk.Image, name: str = "ct") -> None:
@@ -134,6 +138,58 @@ def simulate_cbct(
     return image
 
 
+def _mr_anchors(sequence: str) -> tuple[tuple[float, float], ...]:
+    """``(HU, signal)`` anchors of :data:`MR_ANCHORS` from the phantoms' tissue table."""
+    from .phantoms.contrast import T2_SIGNALS, TISSUES
+
+    def signal(name: str) -> float:
+        return TISSUES[name].mr if sequence == "t1" else T2_SIGNALS[name]
+
+    # Real CT numbers (the phantoms' own sit a little higher for water and muscle).
+    tissues = {"fat": -100.0, "urine": 5.0, "muscle": 40.0, "marrow": TISSUES["marrow"].ct, "cortical_bone": TISSUES["cortical_bone"].ct}
+    return ((AIR_HU, 0.0), (-900.0, 5.0), *((hu, signal(name)) for name, hu in tissues.items()), (3000.0, signal("cortical_bone")))
+
+
+#: Piecewise-linear HU → MR signal maps (about 0-1000) of :func:`simulate_mr`: air and gas
+#: dark, then fat, water (urine), muscle, red marrow and cortical bone at their typical CT
+#: numbers with their T1- or T2-weighted phantom signals.
+MR_ANCHORS: dict[str, tuple[tuple[float, float], ...]] = {sequence: _mr_anchors(sequence) for sequence in ("t1", "t2")}
+
+
+def simulate_mr(ct: sitk.Image, *, seed: int = 0, sequence: str = "t2", smoothing_mm: float = 2.0) -> sitk.Image:
+    """An MR-like image of the anatomy of ``ct`` on the same grid (float32, ≥ 0).
+
+    The CT is smoothed by a Gaussian of ``smoothing_mm`` (so CT noise does not become MR
+    texture), mapped to a signal through :data:`MR_ANCHORS` of ``sequence``, then given the
+    phantoms' MR acquisition (:func:`~.phantoms.contrast.apply_mr`: a smooth multiplicative
+    bias field and Rician noise, drawn from ``seed``). Tissues the CT cannot tell apart
+    (water against soft tissue of similar HU) stay apart only as far as their HU do: this
+    is a simulation of contrast, not of MR physics.
+
+    Raises:
+        InputError: not a 3D image, an unknown sequence, or a negative smoothing.
+    """
+    from .phantoms.contrast import apply_mr, sample_mr_acquisition
+
+    _check_ct(ct)
+    if sequence not in MR_ANCHORS:
+        raise InputError(f"sequence must be one of {', '.join(MR_ANCHORS)}, got {sequence!r}")
+    if smoothing_mm < 0:
+        raise InputError(f"smoothing_mm must be >= 0, got {smoothing_mm}")
+    rng = np.random.default_rng(seed)
+    hu = sitk.GetArrayFromImage(ct).astype(np.float32)
+    if smoothing_mm > 0:
+        hu = ndimage.gaussian_filter(hu, sigma=smoothing_mm / np.array(ct.GetSpacing()[::-1]))
+    levels, signals = np.array(MR_ANCHORS[sequence], dtype=np.float32).T
+    clean = np.interp(hu, levels, signals).astype(np.float32)
+    grid_uvw = tuple(np.linspace(-1.0, 1.0, n, dtype=np.float32).reshape(shape) for n, shape in
+                     zip(hu.shape[::-1], ((1, 1, -1), (1, -1, 1), (-1, 1, 1))))  # fmt: skip
+    out = apply_mr(clean, grid_uvw, sample_mr_acquisition(rng), rng)
+    image = sitk.GetImageFromArray(out)
+    image.CopyInformation(ct)
+    return image
+
+
 def deform_smoothly(
     image: sitk.Image,
     *,
@@ -198,13 +254,24 @@ def deform_smoothly(
     return warped, transform, mean_norm(0.5 * (low + high))
 
 
-def make_real_case(ct: sitk.Image, *, seed: int = 0, mean_displacement_mm: float = 8.0, case_id: str | None = None) -> RealCase:
-    """Build the benchmark case of the module docstring from one real CT (HU)."""
+def make_real_case(ct: sitk.Image, *, seed: int = 0, mean_displacement_mm: float = 8.0, case_id: str | None = None,
+                   modality: str = "cbct", sequence: str = "t2") -> RealCase:  # fmt: skip
+    """Build the benchmark case of the module docstring from one real CT (HU): a CBCT-like
+    input (``modality="cbct"``, case ``2RC<seed>``) or an MR-like one of ``sequence``
+    (``modality="mr"``, case ``1RC<seed>``; its mask is the whole body)."""
     _check_ct(ct)
+    if modality not in ("cbct", "mr"):
+        raise InputError(f"modality must be cbct or mr, got {modality!r}")
     ct = sitk.Cast(ct, sitk.sitkInt16)
     mask = body_mask(ct, modality="ct")
-    cbct = simulate_cbct(ct, seed=seed)
     reference, _, achieved = deform_smoothly(ct, seed=seed + 1, mean_displacement_mm=mean_displacement_mm, mask=mask)
+    deformation = {"mean_displacement_mm": achieved, "rotation_deg_max": 3.0, "smoothness_mm": 30.0}
+    if modality == "mr":
+        mr = simulate_mr(ct, seed=seed, sequence=sequence)
+        parameters = {"kind": "real-ct-simulated-mr", "seed": seed, "mr": {"sequence": sequence, "anchors_hu_signal": MR_ANCHORS[sequence]},
+                      "deformation": deformation, "truth": "ct_aligned.nii.gz is the original CT; mask.nii.gz is its body"}  # fmt: skip
+        return RealCase(case_id or f"1RC{seed:04d}", mr, sitk.Cast(reference, sitk.sitkInt16), ct, mask, parameters, "mr")
+    cbct = simulate_cbct(ct, seed=seed)
     # The input's field of view limits where the truth can be judged: body ∩ FOV.
     fov = sitk.GetArrayFromImage(cbct) > AIR_HU + 1
     mask_array = (sitk.GetArrayFromImage(mask) > 0) & fov
@@ -214,7 +281,7 @@ def make_real_case(ct: sitk.Image, *, seed: int = 0, mean_displacement_mm: float
         "kind": "real-ct-simulated-cbct",
         "seed": seed,
         "cbct": {"noise_hu": 25.0, "gain": 0.92, "offset_hu": -40.0, "cupping_hu": 60.0, "shading_hu": 40.0, "blur_mm": 1.0, "fov_fraction": 0.85},
-        "deformation": {"mean_displacement_mm": achieved, "rotation_deg_max": 3.0, "smoothness_mm": 30.0},
+        "deformation": deformation,
         "truth": "ct_aligned.nii.gz is the original CT; mask.nii.gz is its body inside the CBCT field of view",
     }
     return RealCase(case_id or f"2RC{seed:04d}", cbct, sitk.Cast(reference, sitk.sitkInt16), ct, eval_mask, parameters)
@@ -223,7 +290,7 @@ def make_real_case(ct: sitk.Image, *, seed: int = 0, mean_displacement_mm: float
 def write_real_case(case: RealCase, out_dir: str | os.PathLike) -> Path:
     """Write ``case`` as ``out_dir/<case_id>/`` in the SynthRAD layout; return the folder."""
     folder = check_writable_dir(Path(out_dir) / case.case_id)
-    write_image(case.input, folder / "cbct.nii.gz")
+    write_image(case.input, folder / f"{case.modality}.nii.gz")
     write_image(case.reference_ct, folder / "ct.nii.gz")
     write_image(case.ct_aligned, folder / "ct_aligned.nii.gz")
     write_image(case.mask, folder / "mask.nii.gz")

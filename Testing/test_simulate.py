@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 
 from RegisterByGenerationLib.errors import InputError
-from RegisterByGenerationLib.simulate import deform_smoothly, make_real_case, simulate_cbct, write_real_case
+from RegisterByGenerationLib.simulate import MR_ANCHORS, deform_smoothly, make_real_case, simulate_cbct, simulate_mr, write_real_case
 
 
 def body_ct(size=(40, 36, 20), spacing=(2.0, 2.0, 3.0), direction=(1, 0, 0, 0, 1, 0, 0, 0, 1)) -> sitk.Image:
@@ -84,3 +84,42 @@ def test_real_ct_case_has_the_design_misalignment(real_ct):
     mask = sitk.GetArrayFromImage(case.mask) > 0
     identity = np.abs(truth - reference)[mask].mean()
     assert 40 < identity < 150  # DESIGN §9 measured ~95 HU for an 8 mm warp of this CT
+
+
+@pytest.mark.parametrize("sequence", list(MR_ANCHORS))
+def test_mr_keeps_the_grid_and_gives_tissues_their_sequence_signals(sequence):
+    """Air dark, bone (cortical) dark, soft tissue at the anchor's signal; deterministic per seed."""
+    ct = body_ct(direction=(0, 1, 0, 1, 0, 0, 0, 0, -1))
+    mr = simulate_mr(ct, seed=5, sequence=sequence, smoothing_mm=0.0)
+    for attribute in ("GetSize", "GetSpacing", "GetOrigin", "GetDirection"):
+        assert getattr(mr, attribute)() == getattr(ct, attribute)()
+    out, hu = sitk.GetArrayFromImage(mr), sitk.GetArrayFromImage(ct)
+    assert out.dtype == np.float32 and out.min() >= 0
+    levels, signals = np.array(MR_ANCHORS[sequence]).T
+    soft = np.interp(40.0, levels, signals)
+    assert np.median(out[hu == 40]) == pytest.approx(soft, rel=0.4)  # the bias field spans up to ±35 %
+    assert np.median(out[hu == -1024]) < 0.1 * soft
+    np.testing.assert_array_equal(out, sitk.GetArrayFromImage(simulate_mr(ct, seed=5, sequence=sequence, smoothing_mm=0.0)))
+    assert not np.array_equal(out, sitk.GetArrayFromImage(simulate_mr(ct, seed=6, sequence=sequence, smoothing_mm=0.0)))
+    with pytest.raises(InputError, match="sequence must be one of t1, t2, got 'flair'"):
+        simulate_mr(ct, sequence="flair")
+
+
+def test_t1_and_t2_differ_where_the_sequences_do():
+    """Fat is brighter than muscle in both; water (urine) is dark in T1 and bright in T2."""
+    t1, t2 = (dict(MR_ANCHORS[s]) for s in ("t1", "t2"))
+    assert t1[-100.0] > t1[40.0] and t2[-100.0] > t2[40.0]
+    assert t1[5.0] < t1[40.0] and t2[5.0] > t2[40.0]
+
+
+def test_real_mr_case_is_written_as_an_mr_case(tmp_path):
+    from RegisterByGenerationLib.benchmark import find_cases
+
+    case = make_real_case(body_ct(), seed=2, mean_displacement_mm=5.0, modality="mr")
+    folder = write_real_case(case, tmp_path)
+    assert folder.name == "1RC0002" and (folder / "mr.nii.gz").is_file() and not (folder / "cbct.nii.gz").exists()
+    assert json.loads((folder / "case.json").read_text())["mr"]["sequence"] == "t2"
+    found = find_cases(tmp_path)
+    assert [(c.case_id, c.modality, c.kind) for c in found] == [("1RC0002", "mr", "real")]
+    with pytest.raises(InputError, match="modality must be cbct or mr"):
+        make_real_case(body_ct(), modality="ct")
