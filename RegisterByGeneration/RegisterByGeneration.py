@@ -71,11 +71,13 @@ class Modality(enum.Enum):
 
 
 class Method(enum.Enum):
-    AUTO, RBG, REGISTFORMER, STN_FUSION, RIGID, SYN, ELASTIX = "auto", "rbg", "registformer", "stn-fusion", "rigid", "syn", "elastix"
+    AUTO, RBG, REGISTFORMER, STN_FUSION, DUAL_SIMILARITY = "auto", "rbg", "registformer", "stn-fusion", "dual-similarity"
+    RIGID, SYN, ELASTIX = "rigid", "syn", "elastix"
 
     def label(self):
         return {"auto": _("Automatic (the model's own)"), "rbg": _("Register by Generation"), "registformer": _("RegistFormer"),
-                "stn-fusion": _("STN + early fusion (3-D)"), "rigid": _("Rigid registration only"), "syn": _("ANTs SyN"),
+                "stn-fusion": _("STN + early fusion (3-D)"), "dual-similarity": _("Dual-similarity registration (3-D)"),
+                "rigid": _("Rigid registration only"), "syn": _("ANTs SyN"),
                 "elastix": _("elastix B-spline")}[self.value]  # fmt: skip
 
     @property
@@ -353,7 +355,7 @@ class RegisterByGenerationLogic(ScriptedLoadableModuleLogic):
         :param outputVolume: receives the pseudo-CT (HU, exactly the input's geometry); None creates "<input> pseudo-CT".
         :param boneSegmentation: receives one segment per bone; None creates "<input> bones" (unless boneMethod is "none").
         :param modality: "MR" or "CBCT". :param model: installed model name or folder; None for the default.
-        :param method: "rbg", "registformer", "stn-fusion", "rigid", "syn" or "elastix"; None for the model's own.
+        :param method: "rbg", "registformer", "stn-fusion", "dual-similarity", "rigid", "syn" or "elastix"; None for the model's own.
         :param device: "auto", "cuda", "cuda:N" or "cpu". :param boneMethod: "auto", "totalsegmentator", "threshold" or "none".
         :param threads: CPU threads (None: OMP_NUM_THREADS if set, else all cores). :param precision: "auto", "float32" or "bfloat16".
         :param waitForCompletion: True blocks until done and returns a RegisterByGenerationResult (raises RuntimeError

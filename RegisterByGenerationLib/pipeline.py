@@ -35,6 +35,7 @@ from .errors import Cancelled, InputError
 from .fov import blend_outside, field_of_view
 from .methods import Method, MethodInputs, resolve
 from .methods.canvas import NATIVE_SPACING_TOLERANCE, conditions_warnings
+from .metrics.deformation import deformation_statistics
 from .plausibility import check_modalities
 from .prealign import check_overlap
 from .preprocess import prealign_reference
@@ -125,6 +126,7 @@ class PipelineResult:
     batch_size: int = 0
     canvas: dict[str, Any] = field(default_factory=dict)
     field_of_view: dict[str, Any] = field(default_factory=dict)
+    deformation: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -281,6 +283,7 @@ class Pipeline:
             batch_size=int(output.details.get("batch_size", 0)),
             canvas=output.details.get("canvas", {}),
             field_of_view=fov_facts,
+            deformation=deformation_statistics(output.displacement) if output.displacement is not None else {},
             warnings=warnings,
         )
         if keep_intermediate:

@@ -185,6 +185,7 @@ def build_report(
         "batch_size": int(result.batch_size),
         "canvas": result.canvas,
         "field_of_view": result.field_of_view,
+        "deformation": result.deformation or None,
         "prealignment": transform_summary(result.transform),
     }
     timings = {key: round(float(value), 3) for key, value in {**result.timings, **(extra_timings or {})}.items()}

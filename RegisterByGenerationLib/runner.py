@@ -55,7 +55,7 @@ __all__ = [
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 
 #: Values of ``rbg run --method`` (as ``methods.METHODS``; this module imports no torch).
-METHODS = ("rbg", "registformer", "stn-fusion", "rigid", "syn", "elastix")
+METHODS = ("rbg", "registformer", "stn-fusion", "dual-similarity", "rigid", "syn", "elastix")
 #: The methods that take no model (classical registrations).
 METHODS_WITHOUT_MODEL = ("rigid", "syn", "elastix")
 #: Values of ``rbg run --bones``.

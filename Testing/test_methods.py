@@ -49,7 +49,7 @@ def test_registry_names_every_method_once_in_its_family_folder():
     assert tuple(n for n, cls in METHODS.items() if not cls.needs_model) == runner.METHODS_WITHOUT_MODEL
     for name, cls in METHODS.items():
         assert cls.name == name and cls.summary and (METHODS_DIR / cls.family / "__init__.py").is_file()
-    with pytest.raises(InputError, match="^method must be one of rbg, registformer, stn-fusion, rigid, syn, elastix, got 'cyclegan'$"):
+    with pytest.raises(InputError, match="^method must be one of rbg, registformer, stn-fusion, dual-similarity, rigid, syn, elastix, got 'cyclegan'$"):
         get_method("cyclegan")
 
 
@@ -263,7 +263,7 @@ def test_benchmark_runs_stn_fusion_and_notes_when_there_is_no_model(stn_run, cbc
     info = export_stn_fusion(stn_run, tmp_path / "model", name="tiny-stn")
     data = tmp_path / "data"
     shutil.copytree(sorted(p for p in cbct_data.iterdir() if p.is_dir())[2], data / "case")
-    rows = run_benchmark(data, tmp_path / "out", methods=("rigid", "stn-fusion"), threads=1, stn_fusion_model=str(info.path), progress=lambda line: None)
+    rows = run_benchmark(data, tmp_path / "out", methods=("rigid", "stn-fusion"), threads=1, method_models={"stn-fusion": str(info.path)}, progress=lambda line: None)
     row = next(r for r in rows if r["method"] == "stn-fusion")
     assert row["mae"] > 0 and row["note"] == "model model" and row["wall_s"] > 0
     mr = tmp_path / "mr"
@@ -271,4 +271,4 @@ def test_benchmark_runs_stn_fusion_and_notes_when_there_is_no_model(stn_run, cbc
     skipped = run_benchmark(mr, tmp_path / "out2", methods=("stn-fusion",), threads=1, progress=lambda line: None)
     assert skipped[0]["note"].startswith("skipped: no mr stn-fusion model installed")
     with pytest.raises(ModelError, match="is a rbg model, not a stn-fusion one"):
-        run_benchmark(data, tmp_path / "out3", methods=("stn-fusion",), stn_fusion_model="phantom-cbct-lite", progress=lambda line: None)
+        run_benchmark(data, tmp_path / "out3", methods=("stn-fusion",), method_models={"stn-fusion": "phantom-cbct-lite"}, progress=lambda line: None)

@@ -62,10 +62,18 @@ def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
     stn.add_argument("--out", required=True, metavar="RUN", help="run folder: checkpoints, log, cache (created)")
     stn.add_argument("--config", metavar="FILE", help="config JSON (any subset of the fields; e.g. Resources/Training/stn-fusion-cbct.json)")
     stn.add_argument("--no-stn", dest="stn", action="store_false", default=None, help="the paper's MM ablation: the same U-Net without the spatial transformer")
-    stn.add_argument("--epochs", type=int, metavar="N", help="epochs (overrides the config)")
-    stn.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint (exactly)")
-    stn.add_argument("--device", default="auto", help="auto (CUDA, else the CPU), cpu, cuda or cuda:N (default: auto)")
-    stn.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's choice)")
+    dual = phases.add_parser("dual-similarity", help="train the dual-similarity registration network (method dual-similarity) on pre-aligned MR/CT pairs",
+                             description="Train method dual-similarity (docs/training.md): the field from the input MR and the reference CT, "
+                                         "scored within each modality against the case's ct_aligned.nii.gz and mr_reference.nii.gz "
+                                         "(rbg phantom --reference-mr writes both).")  # fmt: skip
+    dual.add_argument("--data", required=True, metavar="DIR", help="dataset folder (SynthRAD2023 layout, with ct_aligned.nii.gz and mr_reference.nii.gz)")
+    dual.add_argument("--out", required=True, metavar="RUN", help="run folder: checkpoints, log, cache (created)")
+    dual.add_argument("--config", metavar="FILE", help="config JSON (any subset of the fields; e.g. Resources/Training/dual-similarity-mr.json)")
+    for sub in (stn, dual):
+        sub.add_argument("--epochs", type=int, metavar="N", help="epochs (overrides the config)")
+        sub.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint (exactly)")
+        sub.add_argument("--device", default="auto", help="auto (CUDA, else the CPU), cpu, cuda or cuda:N (default: auto)")
+        sub.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's choice)")
     export = phases.add_parser("export", help="write a trained run as a model directory (model.json + weights.safetensors)")
     export.add_argument("run_dir", metavar="RUN", help="the training run folder")
     export.add_argument("-o", "--output", required=True, metavar="MODEL_DIR", help="model directory to write (replaced if it exists)")
@@ -109,9 +117,10 @@ def _config(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     logging.getLogger("RegisterByGenerationLib.training").setLevel(logging.INFO)
-    if args.phase == "stn-fusion":
-        return _train_stn_fusion(args)
+    if args.phase in ("stn-fusion", "dual-similarity"):
+        return _train_volume_method(args)
     if args.phase == "export":
+        from ..methods.dual_similarity.training import export_dual_similarity, is_dual_similarity_run
         from ..methods.stn_fusion.training import export_stn_fusion, is_stn_fusion_run
         from ..training import export_run
 
@@ -121,6 +130,10 @@ def run(args: argparse.Namespace) -> int:
             info = export_stn_fusion(args.run_dir, args.output, name=args.name, checkpoint=args.checkpoint, description=args.description,
                                      valid_input_spacing_mm=valid)  # fmt: skip
             print(f"model {info.name!r} (method stn-fusion) written to {info.path}", file=sys.stderr)
+            return 0
+        if is_dual_similarity_run(args.run_dir):
+            info = export_dual_similarity(args.run_dir, args.output, name=args.name, checkpoint=args.checkpoint, description=args.description)
+            print(f"model {info.name!r} (method dual-similarity) written to {info.path}", file=sys.stderr)
             return 0
         info = export_run(args.run_dir, args.output, name=args.name, checkpoint=args.checkpoint, description=args.description,
                           pseudo_ct_output=args.pseudo_ct_output, valid_input_spacing_mm=valid, test_time_flip=args.test_time_flip)  # fmt: skip
@@ -155,13 +168,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_stn_fusion(args: argparse.Namespace) -> int:
+def _train_volume_method(args: argparse.Namespace) -> int:
+    """``rbg train stn-fusion`` and ``rbg train dual-similarity``: the 3-D methods' own trainers."""
     import dataclasses
 
     import torch
 
     from ..errors import InputError
-    from ..methods.stn_fusion.training import load_training_config, train_stn_fusion
 
     logging.getLogger("RegisterByGenerationLib.methods").setLevel(logging.INFO)
     if args.threads is not None:
@@ -170,9 +183,13 @@ def _train_stn_fusion(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.epochs is not None and args.epochs < 1:
         raise InputError(f"--epochs must be at least 1, got {args.epochs}")
+    if args.phase == "stn-fusion":
+        from ..methods.stn_fusion.training import load_training_config, train_stn_fusion as train
+    else:
+        from ..methods.dual_similarity.training import load_training_config, train_dual_similarity as train
     config = load_training_config(args.config, epochs=args.epochs)
-    if args.stn is False:
+    if getattr(args, "stn", None) is False:
         config.architecture = dataclasses.replace(config.architecture, stn=False)
-    summary = train_stn_fusion(config, args.data, args.out, device=args.device, resume=args.resume)
-    print(f"stn-fusion: {summary['epoch']} epochs in {summary['wall_time_s']:.0f} s; best val_mae {summary['best_value']:.4g} at epoch {summary['best_epoch']}", file=sys.stderr)
+    summary = train(config, args.data, args.out, device=args.device, resume=args.resume)
+    print(f"{args.phase}: {summary['epoch']} epochs in {summary['wall_time_s']:.0f} s; best val_mae {summary['best_value']:.4g} at epoch {summary['best_epoch']}", file=sys.stderr)
     return 0

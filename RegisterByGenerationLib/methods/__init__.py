@@ -6,6 +6,7 @@ name            family              what it is
 ``rbg``         ``slice_networks``  Register by Generation (2-D, slice by slice; a model)
 ``registformer`` ``slice_networks`` RegistFormer (2-D; an imported or trained model)
 ``stn-fusion``  ``stn_fusion``      STN + early-fusion 3-D U-Net (sliding windows; a model)
+``dual-similarity`` ``dual_similarity`` dual-similarity MR→CT registration network (a model)
 ``rigid``       ``classical``       the rigid pre-alignment alone
 ``syn``         ``classical``       ANTs SyN (benchmark extra)
 ``elastix``     ``classical``       elastix rigid + B-spline, 40 mm grid (benchmark extra)
@@ -24,13 +25,14 @@ from ..errors import InputError, ModelError
 from ..modelstore import ModelInfo, default_model_name, find_model
 from .base import Method, MethodInputs, MethodOutput
 from .classical import ElastixMethod, RigidMethod, SynMethod
+from .dual_similarity import DualSimilarityMethod
 from .slice_networks import RbgMethod, RegistFormerMethod
 from .stn_fusion import STNFusionMethod
 
 __all__ = ["METHODS", "Method", "MethodInputs", "MethodOutput", "get_method", "method_names", "resolve"]
 
 #: Every method by name, in the order ``rbg methods`` lists them.
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (RbgMethod, RegistFormerMethod, STNFusionMethod, RigidMethod, SynMethod, ElastixMethod)}
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (RbgMethod, RegistFormerMethod, STNFusionMethod, DualSimilarityMethod, RigidMethod, SynMethod, ElastixMethod)}
 
 
 def method_names() -> tuple[str, ...]:

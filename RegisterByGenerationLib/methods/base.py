@@ -61,6 +61,10 @@ class MethodOutput:
             field of view, so the pipeline fills the rest with the pre-aligned reference.
         stage1, flow_magnitude: intermediate images (``keep_intermediate``), if the
             method has them.
+        displacement: the field the method warped the reference CT with, if it has one
+            (a float64 vector image in mm on the input grid, ITK's convention: the output
+            at ``p`` is the pre-aligned reference at ``p + u(p)``); the pipeline reports its
+            folds.
         details: facts for the report (batch size, canvas, windows, ...).
     """
 
@@ -68,6 +72,7 @@ class MethodOutput:
     complete: bool
     stage1: sitk.Image | None = None
     flow_magnitude: sitk.Image | None = None
+    displacement: sitk.Image | None = None
     details: dict[str, Any] = field(default_factory=dict)
 
 
