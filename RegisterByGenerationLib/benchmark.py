@@ -10,8 +10,12 @@ Methods, each giving a CT in HU on the input's exact grid:
 - ``refined``: the pipeline with ``refine="demons"`` (the pre-aligned reference
   registered onto the generated CT by mono-modal demons, :mod:`.refine`);
 - ``registformer``: the pipeline with an installed model whose Stage 1 is ``adain``;
-- ``stn-fusion``: the STN + early-fusion 3-D network (method ``stn-fusion``; its default
-  model of the modality, or ``stn_fusion_model``).
+- ``stn-fusion``, ``dual-similarity``: the 3-D methods with their own models (the STN +
+  early-fusion network; the dual-similarity registration network), each its default model
+  of the modality, or the one ``method_models`` names.
+
+Methods that warp the reference with a field they return (``dual-similarity``) also report
+the fraction of voxels where the field folds (Jacobian determinant ≤ 0, ``fold_fraction``).
 
 Each (case, method) runs in a fresh worker process (``python -m
 RegisterByGenerationLib.benchmark``) with ``threads`` threads for torch, ITK, ANTs and
@@ -65,10 +69,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("input", "rigid", "syn", "elastix", "stage1", "rbg", "refined", "registformer", "stn-fusion")
-MODEL_METHODS = ("stage1", "rbg", "refined", "registformer", "stn-fusion")
+METHODS = ("input", "rigid", "syn", "elastix", "stage1", "rbg", "refined", "registformer", "stn-fusion", "dual-similarity")
+#: Methods with their own models (``rbg run --method NAME``), chosen by ``method_models``.
+OWN_MODEL_METHODS = ("stn-fusion", "dual-similarity")
+MODEL_METHODS = ("stage1", "rbg", "refined", "registformer", *OWN_MODEL_METHODS)
 METRICS = ("mae", "psnr", "ssim", "bone_dice", "bone_hd95", "gradient_correlation", "nmi", "sharpness", "tv_z")
-COLUMNS = ("case", "kind", "modality", "method", *METRICS, "wall_s", "peak_mem_mb", "threads", "note")
+COLUMNS = ("case", "kind", "modality", "method", *METRICS, "fold_fraction", "wall_s", "peak_mem_mb", "threads", "note")
 
 
 @dataclass
@@ -146,21 +152,22 @@ def _worker(job: dict[str, Any]) -> dict[str, Any]:
         from .pipeline import Pipeline
 
         refine = "demons" if method == "refined" else "none"
-        pipeline = Pipeline(job["model"], method="stn-fusion" if method == "stn-fusion" else None, modality=job["modality"], device="cpu",
+        pipeline = Pipeline(job["model"], method=method if method in OWN_MODEL_METHODS else None, modality=job["modality"], device="cpu",
                             seed=job["seed"], refine=refine)  # fmt: skip
     baseline_mb = _current_rss_mb()
     start = time.perf_counter()
+    folds = math.nan
     if pipeline is not None:
         result = pipeline.run(input_image, reference_ct, keep_intermediate=True)
-        outputs = {"stage1": result.stage1, "rbg": result.pseudo_ct, "refined": result.pseudo_ct, "registformer": result.pseudo_ct, "stn-fusion": result.pseudo_ct}
-        outputs = {key: outputs[key] for key in job["outputs"]}
+        outputs = {key: result.stage1 if key == "stage1" else result.pseudo_ct for key in job["outputs"]}
+        folds = result.deformation.get("fold_fraction", math.nan)
     else:
         outputs = {method: run_baseline(method, input_image, reference_ct, modality=job["modality"], seed=job["seed"])}
     wall = time.perf_counter() - start
     peak = max(_peak_rss_mb() - baseline_mb, 0.0)
     for name, image in outputs.items():
         write_image(image, out_dir / f"{name}.nii.gz")
-    return {"wall_s": wall, "peak_mem_mb": peak}
+    return {"wall_s": wall, "peak_mem_mb": peak, "fold_fraction": folds}
 
 
 def _run_job(job: dict[str, Any], timeout: float | None) -> dict[str, Any]:
@@ -216,7 +223,7 @@ def run_benchmark(
     cases: int | None = None,
     threads: int = 2,
     models: dict[str, str] | None = None,
-    stn_fusion_model: str | None = None,
+    method_models: dict[str, str] | None = None,
     seed: int = 0,
     keep_images: bool = False,
     timeout_s: float | None = 3600.0,
@@ -234,8 +241,9 @@ def run_benchmark(
         threads: threads of every method (torch, ITK, ANTs, elastix).
         models: modality -> model name or folder for ``stage1``/``rbg`` (default: the
             default model of each modality).
-        stn_fusion_model: model name or folder for ``stn-fusion`` (default: the method's
-            default model of each modality; skipped with a note where there is none).
+        method_models: method of :data:`OWN_MODEL_METHODS` -> model name or folder (default:
+            the method's default model of each modality; skipped with a note where there
+            is none).
         seed: seed of every method's random sampling.
         keep_images: also keep every method's output image under ``out_dir/images``.
         timeout_s: per-job time limit in seconds.
@@ -271,8 +279,9 @@ def run_benchmark(
             model_for[("rbg", modality)] = str(info.path)
         if "registformer" in methods:
             model_for[("registformer", modality)] = _registformer_model(modality)
-        if "stn-fusion" in methods:
-            model_for[("stn-fusion", modality)] = _method_model("stn-fusion", stn_fusion_model, modality)
+        for method in OWN_MODEL_METHODS:
+            if method in methods:
+                model_for[(method, modality)] = _method_model(method, (method_models or {}).get(method), modality)
     out = check_writable_dir(out_dir)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="rbg-benchmark-") as scratch:
@@ -284,16 +293,16 @@ def run_benchmark(
             groups = _job_groups(methods)
             for group in groups:
                 base = {"case": case.case_id, "kind": case.kind, "modality": case.modality, "threads": threads}
-                model = model_for.get((group[0] if group[0] in ("registformer", "stn-fusion") else "rbg", case.modality))
+                model = model_for.get((group[0] if group[0] in ("registformer", *OWN_MODEL_METHODS) else "rbg", case.modality))
                 if group == ("input",) and case.modality != "cbct":
                     continue  # an MR is no CT: nothing to compare
                 if group == ("registformer",) and model is None:
                     rows.append({**base, "method": "registformer", "note": f"skipped: no installed {case.modality} model with an adain Stage 1"})
                     progress(f"{case.case_id} registformer: skipped (no adain model)")
                     continue
-                if group == ("stn-fusion",) and model is None:
-                    rows.append({**base, "method": "stn-fusion", "note": f"skipped: no {case.modality} stn-fusion model installed (--stn-fusion-model)"})
-                    progress(f"{case.case_id} stn-fusion: skipped (no model)")
+                if group[0] in OWN_MODEL_METHODS and model is None:
+                    rows.append({**base, "method": group[0], "note": f"skipped: no {case.modality} {group[0]} model installed (--{group[0]}-model)"})
+                    progress(f"{case.case_id} {group[0]}: skipped (no model)")
                     continue
                 job = {"method": group[0], "outputs": list(group), "input": str(case.input_path), "reference": str(case.folder / "ct.nii.gz"),
                        "modality": case.modality, "threads": threads, "seed": seed, "model": model, "out_dir": str(case_dir)}
@@ -358,15 +367,15 @@ def read_results(paths: list[str | os.PathLike]) -> list[dict[str, Any]]:
         try:
             with open(path, newline="", encoding="utf-8") as handle:
                 reader = csv.DictReader(handle)
-                if tuple(reader.fieldnames or ()) != COLUMNS:
+                if tuple(reader.fieldnames or ()) not in (COLUMNS, tuple(c for c in COLUMNS if c != "fold_fraction")):
                     raise InputError(f"{path}: not a results.csv of rbg benchmark (columns differ)")
                 for row in reader:
                     parsed: dict[str, Any] = dict(row)
                     if row["mae"] != "":
-                        for key in (*METRICS, "wall_s", "peak_mem_mb"):
-                            parsed[key] = float(row[key]) if row[key] != "" else math.nan
+                        for key in (*METRICS, "fold_fraction", "wall_s", "peak_mem_mb"):
+                            parsed[key] = float(row[key]) if row.get(key, "") != "" else math.nan
                     else:
-                        for key in (*METRICS, "wall_s", "peak_mem_mb"):
+                        for key in (*METRICS, "fold_fraction", "wall_s", "peak_mem_mb"):
                             parsed.pop(key, None)
                     rows.append(parsed)
         except OSError as error:
@@ -380,7 +389,7 @@ def _format(value: Any) -> Any:
 
 _SHOWN = (("mae", "MAE HU", 1), ("psnr", "PSNR dB", 2), ("ssim", "SSIM", 3), ("bone_dice", "bone Dice", 3), ("bone_hd95", "bone HD95 mm", 1),
           ("gradient_correlation", "GC", 3), ("nmi", "NMI", 3), ("sharpness", "sharpness HU²", 0), ("tv_z", "TV-z HU", 1),
-          ("wall_s", "wall s", 1), ("peak_mem_mb", "peak MB", 0))
+          ("fold_fraction", "folded fraction", 4), ("wall_s", "wall s", 1), ("peak_mem_mb", "peak MB", 0))
 
 
 def markdown_tables(rows: list[dict[str, Any]]) -> str:
@@ -397,14 +406,14 @@ def markdown_tables(rows: list[dict[str, Any]]) -> str:
                 continue
             cells = []
             for key, _, digits in _SHOWN:
-                values = np.array([row[key] for row in chosen], dtype=float)
+                values = np.array([row.get(key, math.nan) for row in chosen], dtype=float)
                 values = values[np.isfinite(values)]
                 cells.append("n/a" if values.size == 0 else f"{values.mean():.{digits}f} ± {values.std(ddof=1) if values.size > 1 else 0.0:.{digits}f}")
             lines.append(f"| {method} | {len(chosen)} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += ["### Every case", "", "| case | method | " + " | ".join(title for _, title, _ in _SHOWN) + " | note |", "|---|---|" + "---|" * (len(_SHOWN) + 1)]
     for row in rows:
-        cells = ["" if not isinstance(row.get(key), float) else f"{row[key]:.{digits}f}" for key, _, digits in _SHOWN]
+        cells = ["" if not isinstance(row.get(key), float) or not math.isfinite(row[key]) else f"{row[key]:.{digits}f}" for key, _, digits in _SHOWN]
         lines.append(f"| {row['case']} | {row['method']} | " + " | ".join(cells) + f" | {row.get('note', '')} |")
     return "\n".join(lines) + "\n"
 

@@ -160,6 +160,12 @@ def test_merge_two_runs(tmp_path, capsys):
     assert "| rbg | 1 | 0.5 ± 0.0 |" in (tmp_path / "m" / "results.md").read_text(encoding="utf-8")
     with pytest.raises(InputError, match="not a results.csv"):
         benchmark.read_results([tmp_path / "m" / "results.md"])
+    # a results.csv from before the folded-fraction column still reads
+    old = tmp_path / "old.csv"
+    lines = (tmp_path / "a" / "results.csv").read_text(encoding="utf-8").splitlines()
+    index = lines[0].split(",").index("fold_fraction")
+    old.write_text("\n".join(",".join(c for i, c in enumerate(line.split(",")) if i != index) for line in lines) + "\n", encoding="utf-8")
+    assert np.isnan(benchmark.read_results([old])[0]["fold_fraction"]) and benchmark.read_results([old])[0]["mae"] == 1.0
 
 
 def test_the_input_method_is_the_cbct_as_it_is_and_refused_for_mr(data_dir):
