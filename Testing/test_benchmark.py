@@ -141,11 +141,15 @@ def test_itk_conversion_keeps_geometry():
 def test_syn_lands_on_the_input_grid_and_registers(registration_case):
     case = registration_case
     input_image = sitk.ReadImage(str(case.input_path))
-    out = benchmark.run_baseline("syn", input_image, sitk.ReadImage(str(case.folder / "ct.nii.gz")), modality="mr")
+    out, field = benchmark.run_baseline_with_field("syn", input_image, sitk.ReadImage(str(case.folder / "ct.nii.gz")), modality="mr")
     assert out.GetSize() == input_image.GetSize() and out.GetOrigin() == input_image.GetOrigin()
     array = sitk.GetArrayFromImage(out)
     assert array.min() >= -1100 and array.max() > 300  # HU, with bone carried over from the CT
     assert _mae(out, case) < 0.6 * _mae(_unregistered(input_image, case), case)  # it registered (~0.4 measured)
+    # SyN's deformable field, on the input grid: diffeomorphic, so (almost) nothing folds
+    assert field.GetSize() == input_image.GetSize() and field.GetOrigin() == input_image.GetOrigin()
+    assert field.GetNumberOfComponentsPerPixel() == 3 and np.abs(sitk.GetArrayViewFromImage(field)).max() > 0.1
+    assert _folds(field) < 0.001
 
 
 def test_merge_two_runs(tmp_path, capsys):
@@ -181,9 +185,16 @@ def test_the_input_method_is_the_cbct_as_it_is_and_refused_for_mr(data_dir):
 def test_elastix_lands_on_the_input_grid_and_registers(registration_case):
     case = registration_case
     input_image = sitk.ReadImage(str(case.input_path))
-    out = benchmark.run_baseline("elastix", input_image, sitk.ReadImage(str(case.folder / "ct.nii.gz")), modality="mr")
+    reference = sitk.ReadImage(str(case.folder / "ct.nii.gz"))
+    out, field = benchmark.run_baseline_with_field("elastix", input_image, reference, modality="mr")
     assert out.GetSize() == input_image.GetSize() and out.GetOrigin() == input_image.GetOrigin()
     assert sitk.GetArrayViewFromImage(out).max() > 300
+    # the field is elastix's whole transform: resampling the reference with it (and elastix's
+    # final cubic B-spline interpolation) gives elastix's output
+    again = sitk.Resample(reference, input_image, sitk.DisplacementFieldTransform(sitk.Image(field)), sitk.sitkBSpline3, -1024.0, sitk.sitkFloat32)
+    body = sitk.GetArrayViewFromImage(sitk.ReadImage(str(case.folder / "mask.nii.gz"))) > 0
+    assert np.abs(sitk.GetArrayViewFromImage(again) - sitk.GetArrayViewFromImage(out))[body].mean() < 0.01
+    assert _folds(field) < 0.01
     assert _mae(out, case) < 0.6 * _mae(_unregistered(input_image, case), case)  # it registered (~0.4 measured)
 
 
@@ -194,6 +205,12 @@ def registration_case(tmp_path_factory):
     folder = tmp_path_factory.mktemp("registration")
     write_case(generate_case(9100, "mr", (96, 80, 24)), folder)
     return benchmark.find_cases(folder)[0]
+
+
+def _folds(field: sitk.Image) -> float:
+    from RegisterByGenerationLib.metrics import deformation_statistics
+
+    return deformation_statistics(field)["fold_fraction"]
 
 
 def _unregistered(input_image: sitk.Image, case) -> sitk.Image:

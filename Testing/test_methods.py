@@ -106,6 +106,27 @@ def test_rigid_method_is_the_prealigned_reference_on_the_whole_grid(cbct_data):
         Pipeline(method="rigid", modality="cbct", device="cpu", refine="demons")
 
 
+def test_a_registration_method_s_field_is_reported_with_its_folds(cbct_data, monkeypatch):
+    """The classical registrations return their field; the pipeline reports its folds (here a
+    stand-in registration whose field folds one voxel in eight: ANTs and elastix themselves
+    are checked in test_benchmark.py)."""
+    from RegisterByGenerationLib.methods import classical
+
+    _, cbct, ct = _case(cbct_data)
+    arrays = np.zeros((*cbct.GetSize()[::-1], 3))
+    arrays[..., 0] = np.where(np.arange(cbct.GetSize()[0]) % 8 == 4, -3.0, 0.0) * cbct.GetSpacing()[0]  # x + u(x) runs backwards there
+
+    def fake_registration(input_image, reference_ct, seed):
+        field = sitk.GetImageFromArray(arrays, isVector=True)
+        field.CopyInformation(input_image)
+        return sitk.Resample(reference_ct, input_image, sitk.Transform(), sitk.sitkLinear, -1024.0, sitk.sitkFloat32), field
+
+    monkeypatch.setattr(classical.ElastixMethod, "register", staticmethod(fake_registration))
+    monkeypatch.setattr(classical.method, "missing_extra", lambda name: None)
+    result = Pipeline(method="elastix", modality="cbct", device="cpu").run(cbct, ct)
+    assert 0.1 < result.deformation["fold_fraction"] < 0.4 and result.deformation["jacobian_min"] < 0
+
+
 def test_rbg_run_method_rigid_writes_a_report_naming_the_method(cbct_data, tmp_path, capsys):
     from RegisterByGenerationLib.cli import main
 

@@ -63,8 +63,8 @@ class MethodOutput:
             method has them.
         displacement: the field the method warped the reference CT with, if it has one
             (a float64 vector image in mm on the input grid, ITK's convention: the output
-            at ``p`` is the pre-aligned reference at ``p + u(p)``); the pipeline reports its
-            folds.
+            at ``p`` is the pre-aligned reference — for SyN and elastix the reference as
+            given — at ``p + u(p)``); the pipeline reports its folds.
         details: facts for the report (batch size, canvas, windows, ...).
     """
 

@@ -42,7 +42,8 @@ class _Registration(_Classical):
 
     def generate(self, inputs: MethodInputs) -> MethodOutput:
         inputs.progress(0.0, "register", f"{self.name} registration of the reference CT onto the input")
-        return MethodOutput(image=self.register(inputs.input_image, inputs.reference_ct, inputs.seed), complete=True)
+        image, field = self.register(inputs.input_image, inputs.reference_ct, inputs.seed)
+        return MethodOutput(image=image, complete=True, displacement=field)
 
 
 class SynMethod(_Registration):

@@ -24,7 +24,7 @@ import SimpleITK as sitk
 
 from ...errors import InputError
 
-__all__ = ["ELASTIX_FINAL_GRID_MM", "missing_extra", "run_baseline", "run_syn", "run_elastix", "sitk_to_ants", "ants_to_sitk", "sitk_to_itk"]
+__all__ = ["ELASTIX_FINAL_GRID_MM", "missing_extra", "run_baseline", "run_baseline_with_field", "run_syn", "run_elastix", "sitk_to_ants", "ants_to_sitk", "sitk_to_itk"]
 
 ELASTIX_FINAL_GRID_MM = 40.0
 AIR_HU = -1024.0
@@ -76,16 +76,21 @@ def sitk_to_itk(image: sitk.Image):
     return out
 
 
-def run_syn(input_image: sitk.Image, reference_ct: sitk.Image, seed: int) -> sitk.Image:
+def run_syn(input_image: sitk.Image, reference_ct: sitk.Image, seed: int) -> tuple[sitk.Image, sitk.Image]:
+    """The reference registered onto the input, and SyN's deformable field on the input grid
+    (mm; its affine stage, applied after it, has one positive determinant and folds nothing)."""
     import ants
 
     fixed, moving = sitk_to_ants(input_image), sitk_to_ants(reference_ct)
     registration = ants.registration(fixed=fixed, moving=moving, type_of_transform="SyN", random_seed=seed)
     warped = ants.apply_transforms(fixed=fixed, moving=moving, transformlist=registration["fwdtransforms"], interpolator="linear", defaultvalue=AIR_HU)
-    return ants_to_sitk(warped, like=input_image)
+    field = sitk.ReadImage(registration["fwdtransforms"][0], sitk.sitkVectorFloat64)  # the warp lives on the fixed (input) grid
+    return ants_to_sitk(warped, like=input_image), field
 
 
-def run_elastix(input_image: sitk.Image, reference_ct: sitk.Image, seed: int) -> sitk.Image:
+def run_elastix(input_image: sitk.Image, reference_ct: sitk.Image, seed: int) -> tuple[sitk.Image, sitk.Image]:
+    """The reference registered onto the input, and the whole rigid + B-spline displacement
+    on the input grid (mm, transformix)."""
     import itk
 
     parameters = itk.ParameterObject.New()
@@ -97,15 +102,26 @@ def run_elastix(input_image: sitk.Image, reference_ct: sitk.Image, seed: int) ->
             parameter_map["FinalGridSpacingInPhysicalUnits"] = [str(ELASTIX_FINAL_GRID_MM)]
         parameters.AddParameterMap(parameter_map)
     # Threads come from ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS, never number_of_threads (#160).
-    warped, _ = itk.elastix_registration_method(sitk_to_itk(input_image), sitk_to_itk(reference_ct), parameter_object=parameters, log_to_console=False)
+    moving = sitk_to_itk(reference_ct)
+    warped, result = itk.elastix_registration_method(sitk_to_itk(input_image), moving, parameter_object=parameters, log_to_console=False)
     out = sitk.GetImageFromArray(itk.GetArrayFromImage(warped).astype(np.float32))
     out.CopyInformation(input_image)
-    return out
+    deformation = itk.transformix_deformation_field(moving, result)
+    field = sitk.GetImageFromArray(itk.GetArrayFromImage(deformation).astype(np.float64), isVector=True)
+    field.CopyInformation(input_image)
+    return out, field
 
 
 def run_baseline(method: str, input_image: sitk.Image, reference_ct: sitk.Image, *, modality: str, seed: int = 0) -> sitk.Image:
     """Run ``input``, ``rigid``, ``syn`` or ``elastix``; return a CT in HU on the input grid
-    (``input``: the CBCT itself, float32).
+    (``input``: the CBCT itself, float32)."""
+    return run_baseline_with_field(method, input_image, reference_ct, modality=modality, seed=seed)[0]
+
+
+def run_baseline_with_field(method: str, input_image: sitk.Image, reference_ct: sitk.Image, *, modality: str,
+                            seed: int = 0) -> tuple[sitk.Image, sitk.Image | None]:  # fmt: skip
+    """:func:`run_baseline`, and the deformable registrations' displacement field on the input
+    grid (None for ``input`` and ``rigid``, which fold nothing).
 
     Raises:
         InputError: unknown method, ``input`` for an MR, or a package is missing (the
@@ -117,11 +133,11 @@ def run_baseline(method: str, input_image: sitk.Image, reference_ct: sitk.Image,
     if method == "input":
         if modality != "cbct":
             raise InputError("run_baseline: method 'input' (the image as it is) is a CT only for CBCT input")
-        return sitk.Cast(input_image, sitk.sitkFloat32)
+        return sitk.Cast(input_image, sitk.sitkFloat32), None
     elif method == "rigid":
         from ...preprocess import prealign_reference
 
-        return prealign_reference(input_image, reference_ct, modality=modality, seed=seed)[1]
+        return prealign_reference(input_image, reference_ct, modality=modality, seed=seed)[1], None
     elif method == "syn":
         return run_syn(input_image, reference_ct, seed)
     elif method == "elastix":
