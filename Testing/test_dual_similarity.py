@@ -32,7 +32,7 @@ TINY = DualSimilarityConfig(channels=(4, 8, 8), coarse_spacing_mm=6.0, patch=(8,
 
 
 def _tiny_training(**overrides) -> DualSimilarityTrainingConfig:
-    settings = dict(architecture=TINY, epochs=2, steps_per_epoch=3, batch_size=1, pixel_spacing_mm=(3.0, 3.0), val_cases=("1PS0532",))
+    settings = dict(architecture=TINY, epochs=2, steps_per_epoch=3, batch_size=1, pixel_spacing_mm=(3.0, 3.0), val_cases=("1PS0532",), ncc_kernel=5)
     return DualSimilarityTrainingConfig(**{**settings, **overrides})
 
 

@@ -20,7 +20,9 @@ instead of SGD; the network works on a ~3 mm grid of the model canvas after our 
 pre-alignment (the paper's affine FLIRT step).
 
 Each epoch is ``steps_per_epoch`` batches of random coarse patches (the moving pair
-shifted together by up to ``moving_shift_px`` coarse voxels, a left-right flip), then
+shifted together by up to ``moving_shift_px`` coarse voxels: 0 by default, since a shift
+taught the network to undo the shift rather than the anatomy's deformation,
+``docs/benchmarks.md``; a left-right flip), then
 whole-volume validation: the MAE (HU, in the body) of the warped reference CT against the
 aligned CT, and the fraction of folded voxels. ``best.pt`` is the lowest validation MAE.
 """
@@ -86,10 +88,10 @@ class DualSimilarityTrainingConfig:
     lr_gamma: float = 0.3
     ct_weight: float = 0.5
     mr_weight: float = 0.5
-    bending_weight: float = 0.5
+    bending_weight: float = 5.0
     magnitude_weight: float = 0.01
-    ncc_kernel: int = 7
-    moving_shift_px: int = 3
+    ncc_kernel: int = 9
+    moving_shift_px: int = 0
     flip: bool = True
 
     def __post_init__(self) -> None:
