@@ -182,8 +182,9 @@ def test_the_input_method_is_the_cbct_as_it_is_and_refused_for_mr(data_dir):
 
 
 @pytest.mark.skipif(not HAVE_ITK and not IN_CI, reason="itk-elastix is not installed (pip install -e .[benchmark])")
-def test_elastix_lands_on_the_input_grid_and_registers(registration_case):
+def test_elastix_lands_on_the_input_grid_and_registers(registration_case, tmp_path, monkeypatch):
     case = registration_case
+    monkeypatch.chdir(tmp_path)  # nothing may be written beside the caller
     input_image = sitk.ReadImage(str(case.input_path))
     reference = sitk.ReadImage(str(case.folder / "ct.nii.gz"))
     out, field = benchmark.run_baseline_with_field("elastix", input_image, reference, modality="mr")
@@ -195,6 +196,7 @@ def test_elastix_lands_on_the_input_grid_and_registers(registration_case):
     body = sitk.GetArrayViewFromImage(sitk.ReadImage(str(case.folder / "mask.nii.gz"))) > 0
     assert np.abs(sitk.GetArrayViewFromImage(again) - sitk.GetArrayViewFromImage(out))[body].mean() < 0.01
     assert _folds(field) < 0.01
+    assert list(tmp_path.iterdir()) == []
     assert _mae(out, case) < 0.6 * _mae(_unregistered(input_image, case), case)  # it registered (~0.4 measured)
 
 

@@ -18,6 +18,7 @@ ANTsPy and itk-elastix are the ``benchmark`` extra.
 from __future__ import annotations
 
 import importlib.util
+import tempfile
 
 import numpy as np
 import SimpleITK as sitk
@@ -106,7 +107,8 @@ def run_elastix(input_image: sitk.Image, reference_ct: sitk.Image, seed: int) ->
     warped, result = itk.elastix_registration_method(sitk_to_itk(input_image), moving, parameter_object=parameters, log_to_console=False)
     out = sitk.GetImageFromArray(itk.GetArrayFromImage(warped).astype(np.float32))
     out.CopyInformation(input_image)
-    deformation = itk.transformix_deformation_field(moving, result)
+    with tempfile.TemporaryDirectory(prefix="rbg-transformix-") as folder:  # transformix writes deformationField.nii there
+        deformation = itk.transformix_deformation_field(moving, result, output_directory=folder, log_to_console=False)
     field = sitk.GetImageFromArray(itk.GetArrayFromImage(deformation).astype(np.float64), isVector=True)
     field.CopyInformation(input_image)
     return out, field
