@@ -239,3 +239,18 @@ def test_headless_script_arguments():
         headless.parse_arguments(["--input", "a", "--reference", "b"])  # --output missing
     with pytest.raises(SystemExit):
         headless.parse_arguments(["--input", "a", "--reference", "b", "--output", "c", "--bones", "s.seg.nrrd", "--bone-method", "none"])
+
+
+def test_the_method_menu_offers_every_method_of_the_library():
+    """The module's Method enum (read from its source: it needs Slicer to import) is "auto"
+    plus runner.METHODS, each with a label."""
+    from RegisterByGenerationLib import runner
+
+    for node in ast.walk(_module_tree()):
+        if isinstance(node, ast.ClassDef) and node.name == "Method":
+            values = [v.value for a in node.body if isinstance(a, ast.Assign) for v in getattr(a.value, "elts", [a.value]) if isinstance(v, ast.Constant)]
+            labels = next(n for n in ast.walk(node) if isinstance(n, ast.Dict))
+            assert values == ["auto", *runner.METHODS]
+            assert sorted(k.value for k in labels.keys) == sorted(values)
+            return
+    raise AssertionError("no Method enum in the module")
