@@ -176,7 +176,6 @@ def _train_volume_method(args: argparse.Namespace) -> int:
 
     from ..errors import InputError
 
-    logging.getLogger("RegisterByGenerationLib.methods").setLevel(logging.INFO)
     if args.threads is not None:
         if args.threads < 1:
             raise InputError(f"--threads must be at least 1, got {args.threads}")

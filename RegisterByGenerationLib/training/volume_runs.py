@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +19,9 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["crop3d", "append_csv", "load_config_file", "run_method"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["crop3d", "append_csv", "load_config_file", "run_method", "train_epochs"]
 
 
 def crop3d(volume: np.ndarray, corner: tuple[int, int, int], size: tuple[int, ...], pad: float) -> np.ndarray:
@@ -60,3 +65,75 @@ def run_method(run_dir: str | os.PathLike) -> str | None:
         return json.loads((Path(run_dir) / "run.json").read_text(encoding="utf-8")).get("method")
     except (OSError, json.JSONDecodeError, AttributeError):
         return None
+
+
+def train_epochs(method: str, net: Any, config: Any, dataset: Any, run: Path, *, device: Any, resume: bool, stop_after: int | None,
+                 terms_of: Callable[[dict], dict], validate: Callable[[], dict]) -> dict[str, Any]:  # fmt: skip
+    """The epoch loop the 3-D trainers share: Adam with the config's step schedule, resume
+    from ``run/last.pt`` (same config only), one ``log.csv`` row per epoch, ``best.pt`` at
+    the lowest ``val_mae`` (else the latest epoch).
+
+    ``config`` has ``lr``, ``lr_milestones``, ``lr_gamma``, ``epochs``, ``batch_size`` and
+    ``to_dict()``; ``dataset`` has ``set_epoch``; ``terms_of(batch on device)`` returns the
+    loss terms with ``"total"``; ``validate()`` the validation numbers.
+
+    Returns:
+        ``epoch``, ``best_value``, ``best_epoch``, ``wall_time_s`` of the last checkpoint.
+    """
+    import torch
+
+    from .. import __version__
+    from ..io import atomic_path
+    from .trainer import hardware_description
+
+    last, best = run / "last.pt", run / "best.pt"
+    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
+    milestones = sorted({max(1, round(m * config.epochs)) for m in config.lr_milestones})
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, config.lr_gamma)
+    state: dict[str, Any] = {"epoch": 0, "best_value": None, "best_epoch": 0, "history": [], "wall_time_s": 0.0}
+    if resume and last.is_file():
+        checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+        if checkpoint["config"] != config.to_dict():
+            raise InputError(f"{run}: the checkpoint was written with another configuration")
+        net.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        torch.set_rng_state(checkpoint["rng"])
+        state = {k: checkpoint[k] for k in state}
+    hardware = hardware_description(device)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=config.batch_size, shuffle=False, drop_last=True)
+    final = config.epochs if stop_after is None else min(config.epochs, int(stop_after))
+    net.train()
+    for epoch in range(state["epoch"], final):
+        start = time.perf_counter()
+        dataset.set_epoch(epoch)
+        sums: dict[str, float] = {}
+        for batch in loader:
+            terms = terms_of({k: v.to(device) for k, v in batch.items()})
+            optimizer.zero_grad(set_to_none=True)
+            terms["total"].backward()
+            optimizer.step()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+        scheduler.step()
+        row: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **{f"train_{k}": v / len(loader) for k, v in sums.items()}}
+        row.update(validate())
+        row["seconds"] = round(time.perf_counter() - start, 2)
+        value = row.get("val_mae", float(-(epoch + 1)))
+        improved = state["best_value"] is None or value < state["best_value"]
+        if improved:
+            state["best_value"], state["best_epoch"] = value, epoch + 1
+        state["epoch"], state["wall_time_s"] = epoch + 1, state["wall_time_s"] + row["seconds"]
+        state["history"].append(row)
+        checkpoint = {"format": 1, "method": method, "library_version": __version__, "config": config.to_dict(),
+                      "model": {k: v.detach().cpu() for k, v in net.state_dict().items()}, "optimizer": optimizer.state_dict(),
+                      "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "hardware": hardware,
+                      "threads": torch.get_num_threads(), **state}  # fmt: skip
+        with atomic_path(last) as tmp:
+            torch.save(checkpoint, tmp)
+        if improved:
+            with atomic_path(best) as tmp:
+                torch.save(checkpoint, tmp)
+        append_csv(run / "log.csv", row)
+        logger.info("%s epoch %d: %s", method, epoch + 1, ", ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)))
+    return {k: state[k] for k in ("epoch", "best_value", "best_epoch", "wall_time_s")}

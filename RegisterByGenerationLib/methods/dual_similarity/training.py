@@ -31,10 +31,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import math
 import os
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,7 +51,7 @@ from ...preprocess import normalise_input, prepare_case
 from ...training.config import default_normalization
 from ...training.data import IMAGE_SUFFIXES, CaseFiles, find_cases, split_cases
 from ...training.export import INTENDED_USE, data_description
-from ...training.volume_runs import append_csv, crop3d, load_config_file, run_method
+from ...training.volume_runs import crop3d, load_config_file, run_method, train_epochs
 from .field import canvas_displacement, to_coarse
 from .network import DualSimilarityConfig, DualSimilarityNet, coarse_factors
 
@@ -61,8 +59,6 @@ __all__ = [
     "DualSimilarityTrainingConfig", "PairedCase", "load_paired_case", "PairedPatchDataset", "DualSimilarityLoss",
     "train_dual_similarity", "export_dual_similarity", "load_training_config", "is_dual_similarity_run",
 ]  # fmt: skip
-
-logger = logging.getLogger(__name__)
 
 #: Stem of the MR of the reference's anatomy in a case folder.
 REFERENCE_MR = "mr_reference"
@@ -310,7 +306,6 @@ def train_dual_similarity(config: DualSimilarityTrainingConfig, data_dir: str | 
         InputError: no cases, a case without its pairs, or a checkpoint exists without ``resume``.
     """
     from ...pipeline import select_device
-    from ...training.trainer import hardware_description
 
     if (Path(run_dir) / "last.pt").is_file() and not resume:
         raise InputError(f"{run_dir}: already has a checkpoint; pass --resume to continue it, or use a new --out")
@@ -324,7 +319,6 @@ def train_dual_similarity(config: DualSimilarityTrainingConfig, data_dir: str | 
             raise InputError(f"{case.folder}: case {case.case_id} has no ct_aligned.nii.gz (the CT of the input's anatomy), which dual-similarity training needs")
         _reference_mr_path(case)
     run = check_writable_dir(run_dir)
-    last, best = run / "last.pt", run / "best.pt"
     train_cases = [load_paired_case(f, config, run / "cache") for f in train_files]
     val_cases = [load_paired_case(f, config, run / "cache") for f in val_files]
     data = {"dir": str(Path(data_dir).resolve()), "modality": config.modality, "train": [f.case_id for f in train_files], "val": [f.case_id for f in val_files]}
@@ -333,57 +327,9 @@ def train_dual_similarity(config: DualSimilarityTrainingConfig, data_dir: str | 
     torch.manual_seed(config.seed)
     net = DualSimilarityNet(config.architecture).to(torch_device)
     loss_fn = DualSimilarityLoss(config).to(torch_device)
-    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
-    milestones = sorted({max(1, round(m * config.epochs)) for m in config.lr_milestones})
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, config.lr_gamma)
-    state: dict[str, Any] = {"epoch": 0, "best_value": None, "best_epoch": 0, "history": [], "wall_time_s": 0.0}
-    if resume and last.is_file():
-        checkpoint = torch.load(last, map_location="cpu", weights_only=True)
-        if checkpoint["config"] != config.to_dict():
-            raise InputError(f"{run}: the checkpoint was written with another configuration")
-        net.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        torch.set_rng_state(checkpoint["rng"])
-        state = {k: checkpoint[k] for k in state}
-    hardware = hardware_description(torch_device)
     dataset = PairedPatchDataset(train_cases, config, config.steps_per_epoch * config.batch_size)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=config.batch_size, shuffle=False, drop_last=True)
-    final = config.epochs if stop_after is None else min(config.epochs, int(stop_after))
-    net.train()
-    for epoch in range(state["epoch"], final):
-        start = time.perf_counter()
-        dataset.set_epoch(epoch)
-        sums: dict[str, float] = {}
-        for batch in loader:
-            terms = loss_fn(net, {k: v.to(torch_device) for k, v in batch.items()})
-            optimizer.zero_grad(set_to_none=True)
-            terms["total"].backward()
-            optimizer.step()
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-        scheduler.step()
-        row: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **{f"train_{k}": v / len(loader) for k, v in sums.items()}}
-        row.update(validate(net, val_cases, torch_device) if val_cases else {})
-        row["seconds"] = round(time.perf_counter() - start, 2)
-        value = row.get("val_mae", float(-(epoch + 1)))
-        improved = state["best_value"] is None or value < state["best_value"]
-        if improved:
-            state["best_value"], state["best_epoch"] = value, epoch + 1
-        state["epoch"], state["wall_time_s"] = epoch + 1, state["wall_time_s"] + row["seconds"]
-        state["history"].append(row)
-        checkpoint = {"format": 1, "method": "dual-similarity", "library_version": __version__, "config": config.to_dict(),
-                      "model": {k: v.detach().cpu() for k, v in net.state_dict().items()}, "optimizer": optimizer.state_dict(),
-                      "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "hardware": hardware,
-                      "threads": torch.get_num_threads(), **state}  # fmt: skip
-        with atomic_path(last) as tmp:
-            torch.save(checkpoint, tmp)
-        if improved:
-            with atomic_path(best) as tmp:
-                torch.save(checkpoint, tmp)
-        append_csv(run / "log.csv", row)
-        logger.info("dual-similarity epoch %d: %s", epoch + 1, ", ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)))
-    return {k: state[k] for k in ("epoch", "best_value", "best_epoch", "wall_time_s")}
+    return train_epochs("dual-similarity", net, config, dataset, run, device=torch_device, resume=resume, stop_after=stop_after,
+                        terms_of=lambda batch: loss_fn(net, batch), validate=lambda: validate(net, val_cases, torch_device) if val_cases else {})  # fmt: skip
 
 
 def is_dual_similarity_run(run_dir: str | os.PathLike) -> bool:
