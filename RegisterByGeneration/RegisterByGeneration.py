@@ -29,7 +29,7 @@ from slicer.util import VTKObservationMixin
 # Only the standard library is imported by these modules; torch & co. stay out of Slicer.
 from RegisterByGenerationLib import install
 from RegisterByGenerationLib.modelstore import list_models, user_models_dir
-from RegisterByGenerationLib.runner import METHODS_WITHOUT_MODEL, library_environment, python_slicer_executable
+from RegisterByGenerationLib.runner import METHODS_WITHOUT_MODEL, MODELS_OF_OTHER_METHODS, library_environment, python_slicer_executable
 from RegisterByGenerationSceneLib import PseudoCtTask, sameGeometry, validationError, worldGeometry
 
 #
@@ -72,11 +72,13 @@ class Modality(enum.Enum):
 
 class Method(enum.Enum):
     AUTO, RBG, REGISTFORMER, STN_FUSION, DUAL_SIMILARITY = "auto", "rbg", "registformer", "stn-fusion", "dual-similarity"
+    MR_GAN, REGISTRATION_BY_SYNTHESIS = "mr-gan", "registration-by-synthesis"
     RIGID, SYN, ELASTIX = "rigid", "syn", "elastix"
 
     def label(self):
         return {"auto": _("Automatic (the model's own)"), "rbg": _("Register by Generation"), "registformer": _("RegistFormer"),
                 "stn-fusion": _("STN + early fusion (3-D)"), "dual-similarity": _("Dual-similarity registration (3-D)"),
+                "mr-gan": _("MR-GAN synthesis alone"), "registration-by-synthesis": _("Registration by synthesis (MR-GAN + demons)"),
                 "rigid": _("Rigid registration only"), "syn": _("ANTs SyN"),
                 "elastix": _("elastix B-spline")}[self.value]  # fmt: skip
 
@@ -88,6 +90,11 @@ class Method(enum.Enum):
     @property
     def takesModel(self):
         return self.value not in METHODS_WITHOUT_MODEL
+
+    @property
+    def modelKind(self):
+        """The method a model card must name to run with this method (None: any)."""
+        return None if self is Method.AUTO else MODELS_OF_OTHER_METHODS.get(self.value, self.value)
 
 
 class Device(enum.Enum):
@@ -234,7 +241,7 @@ class RegisterByGenerationWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         else:
             combo.addItem(_("Default for {modality}").format(modality=modality.upper()), "")
             for info in list_models():
-                if info.modality == modality and method.argument in (None, info.method):
+                if info.modality == modality and method.modelKind in (None, info.method):
                     combo.addItem(f"{info.name} ({info.method})", info.name)
         index = max(0, combo.findData(wanted))
         combo.setCurrentIndex(index)
@@ -355,7 +362,7 @@ class RegisterByGenerationLogic(ScriptedLoadableModuleLogic):
         :param outputVolume: receives the pseudo-CT (HU, exactly the input's geometry); None creates "<input> pseudo-CT".
         :param boneSegmentation: receives one segment per bone; None creates "<input> bones" (unless boneMethod is "none").
         :param modality: "MR" or "CBCT". :param model: installed model name or folder; None for the default.
-        :param method: "rbg", "registformer", "stn-fusion", "dual-similarity", "rigid", "syn" or "elastix"; None for the model's own.
+        :param method: one of runner.METHODS ("rbg", "registformer", "stn-fusion", "dual-similarity", "mr-gan", "registration-by-synthesis", "rigid", "syn", "elastix"); None for the model's own.
         :param device: "auto", "cuda", "cuda:N" or "cpu". :param boneMethod: "auto", "totalsegmentator", "threshold" or "none".
         :param threads: CPU threads (None: OMP_NUM_THREADS if set, else all cores). :param precision: "auto", "float32" or "bfloat16".
         :param waitForCompletion: True blocks until done and returns a RegisterByGenerationResult (raises RuntimeError

@@ -10,11 +10,14 @@ Methods, each giving a CT in HU on the input's exact grid:
 - ``refined``: the pipeline with ``refine="demons"`` (the pre-aligned reference
   registered onto the generated CT by mono-modal demons, :mod:`.refine`);
 - ``registformer``: the pipeline with an installed model whose Stage 1 is ``adain``;
-- ``stn-fusion``, ``dual-similarity``: the 3-D methods with their own models (the STN +
-  early-fusion network; the dual-similarity registration network), each its default model
-  of the modality, or the one ``method_models`` names.
+- ``stn-fusion``, ``dual-similarity``, ``mr-gan``, ``registration-by-synthesis``: the
+  methods with their own models (the STN + early-fusion network; the dual-similarity
+  registration network; MR-GAN's MR→CT synthesis alone; MR-GAN's CT→MR synthesis then
+  mono-modal demons), each its default model of the modality, or the one
+  ``method_models`` names.
 
-Methods that warp the reference with a field (``dual-similarity``, ``syn``, ``elastix``) also
+Methods that warp the reference with a field (``dual-similarity``, ``registration-by-synthesis``,
+``syn``, ``elastix``) also
 report the fraction of voxels where the field folds (Jacobian determinant ≤ 0,
 ``fold_fraction``); the field's computation is inside the method's wall time.
 
@@ -51,6 +54,7 @@ import SimpleITK as sitk
 from .errors import InputError, ModelError
 from .io import atomic_path, check_writable_dir, read_image, write_image
 from .methods.classical.registration import AIR_HU, ELASTIX_FINAL_GRID_MM, ants_to_sitk, missing_extra, run_baseline, run_baseline_with_field, sitk_to_ants
+from .runner import MODELS_OF_OTHER_METHODS
 
 __all__ = [
     "METHODS",
@@ -70,9 +74,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("input", "rigid", "syn", "elastix", "stage1", "rbg", "refined", "registformer", "stn-fusion", "dual-similarity")
+METHODS = ("input", "rigid", "syn", "elastix", "stage1", "rbg", "refined", "registformer", "stn-fusion", "dual-similarity", "mr-gan",
+           "registration-by-synthesis")  # fmt: skip
 #: Methods with their own models (``rbg run --method NAME``), chosen by ``method_models``.
-OWN_MODEL_METHODS = ("stn-fusion", "dual-similarity")
+OWN_MODEL_METHODS = ("stn-fusion", "dual-similarity", "mr-gan", "registration-by-synthesis")
 MODEL_METHODS = ("stage1", "rbg", "refined", "registformer", *OWN_MODEL_METHODS)
 METRICS = ("mae", "psnr", "ssim", "bone_dice", "bone_hd95", "gradient_correlation", "nmi", "sharpness", "tv_z")
 COLUMNS = ("case", "kind", "modality", "method", *METRICS, "fold_fraction", "wall_s", "peak_mem_mb", "threads", "note")
@@ -307,7 +312,8 @@ def run_benchmark(
                     progress(f"{case.case_id} registformer: skipped (no adain model)")
                     continue
                 if group[0] in OWN_MODEL_METHODS and model is None:
-                    rows.append({**base, "method": group[0], "note": f"skipped: no {case.modality} {group[0]} model installed (--{group[0]}-model)"})
+                    kind = MODELS_OF_OTHER_METHODS.get(group[0], group[0])
+                    rows.append({**base, "method": group[0], "note": f"skipped: no {case.modality} {kind} model installed (--{kind}-model)"})
                     progress(f"{case.case_id} {group[0]}: skipped (no model)")
                     continue
                 job = {"method": group[0], "outputs": list(group), "input": str(case.input_path), "reference": str(case.folder / "ct.nii.gz"),

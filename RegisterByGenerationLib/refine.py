@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import SimpleITK as sitk
 
-__all__ = ["REFINEMENTS", "DemonsSettings", "register_onto_generated"]
+__all__ = ["REFINEMENTS", "DemonsSettings", "register_onto_generated", "demons_field"]
 
 #: ``--refine`` choices: ``none`` keeps the network's pseudo-CT.
 REFINEMENTS = ("none", "demons")
@@ -30,7 +30,8 @@ class DemonsSettings:
         iterations: demons iterations at each level.
         smoothing_mm: Gaussian regularisation of the displacement field (standard deviation).
         clip_hu: both images are clipped to this window first, so metal, dense bone and
-            air pockets do not dominate the forces.
+            air pockets do not dominate the forces (HU for CTs; another modality's images
+            are registered in a range of their own).
     """
 
     def __init__(self, shrink_factors=(4, 2, 1), iterations=(60, 40, 20), smoothing_mm: float = 2.0, clip_hu=(-200.0, 1200.0)):
@@ -54,12 +55,26 @@ def register_onto_generated(
     Raises:
         ValueError: the images are not on one grid.
     """
+    field = demons_field(generated, reference_on_input, settings)
+    transform = sitk.DisplacementFieldTransform(sitk.Image(field))
+    warped = sitk.Resample(reference_on_input, generated, transform, sitk.sitkLinear, -1024.0, sitk.sitkFloat32)
+    return warped, field
+
+
+def demons_field(fixed: sitk.Image, moving: sitk.Image, settings: DemonsSettings | None = None) -> sitk.Image:
+    """The demons field (float64 vectors in mm on ``fixed``'s grid) that maps ``fixed``'s
+    points into ``moving`` (``moving(p + u(p)) ≈ fixed(p)``); both images of one modality,
+    on one grid, with intensities in the range ``settings.clip_hu`` is meant for.
+
+    Raises:
+        ValueError: the images are not on one grid.
+    """
     settings = settings or DemonsSettings()
-    if generated.GetSize() != reference_on_input.GetSize() or generated.GetSpacing() != reference_on_input.GetSpacing():
-        raise ValueError("generated and reference_on_input must share one grid")
+    if fixed.GetSize() != moving.GetSize() or fixed.GetSpacing() != moving.GetSpacing():
+        raise ValueError("the fixed and the moving image must share one grid")
     low, high = settings.clip_hu
-    fixed = sitk.Clamp(sitk.Cast(generated, sitk.sitkFloat32), sitk.sitkFloat32, low, high)
-    moving = sitk.Clamp(sitk.Cast(reference_on_input, sitk.sitkFloat32), sitk.sitkFloat32, low, high)
+    fixed = sitk.Clamp(sitk.Cast(fixed, sitk.sitkFloat32), sitk.sitkFloat32, low, high)
+    moving = sitk.Clamp(sitk.Cast(moving, sitk.sitkFloat32), sitk.sitkFloat32, low, high)
     field = None
     for shrink, iterations in zip(settings.shrink_factors, settings.iterations, strict=True):
         level_fixed = _shrink(fixed, shrink)
@@ -76,10 +91,7 @@ def register_onto_generated(
         )
         initial.CopyInformation(level_fixed)
         field = demons.Execute(level_fixed, level_moving, initial) if iterations else initial
-    full = sitk.Resample(field, generated, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkVectorFloat64)
-    transform = sitk.DisplacementFieldTransform(sitk.Image(full))
-    warped = sitk.Resample(reference_on_input, generated, transform, sitk.sitkLinear, -1024.0, sitk.sitkFloat32)
-    return warped, full
+    return sitk.Resample(field, fixed, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkVectorFloat64)
 
 
 def _shrink(image: sitk.Image, factor: int) -> sitk.Image:

@@ -44,6 +44,7 @@ __all__ = [
     "EXIT_CANCELLED",
     "METHODS",
     "METHODS_WITHOUT_MODEL",
+    "MODELS_OF_OTHER_METHODS",
     "RunEvent",
     "RunProcess",
     "build_run_command",
@@ -55,9 +56,11 @@ __all__ = [
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 
 #: Values of ``rbg run --method`` (as ``methods.METHODS``; this module imports no torch).
-METHODS = ("rbg", "registformer", "stn-fusion", "dual-similarity", "rigid", "syn", "elastix")
+METHODS = ("rbg", "registformer", "stn-fusion", "dual-similarity", "mr-gan", "registration-by-synthesis", "rigid", "syn", "elastix")
 #: The methods that take no model (classical registrations).
 METHODS_WITHOUT_MODEL = ("rigid", "syn", "elastix")
+#: Methods that run the models of another method (``Method.model_method``).
+MODELS_OF_OTHER_METHODS = {"registration-by-synthesis": "mr-gan"}
 #: Values of ``rbg run --bones``.
 BONE_METHODS = ("auto", "totalsegmentator", "threshold", "none")
 #: Device names a host offers (``rbg run`` also takes ``cuda:N``).

@@ -47,9 +47,10 @@ def one_thread():
 def test_registry_names_every_method_once_in_its_family_folder():
     assert tuple(METHODS) == runner.METHODS  # the torch-free copy the CLI and Slicer use
     assert tuple(n for n, cls in METHODS.items() if not cls.needs_model) == runner.METHODS_WITHOUT_MODEL
+    assert {n: cls.model_kind() for n, cls in METHODS.items() if cls.needs_model and cls.model_kind() != n} == runner.MODELS_OF_OTHER_METHODS
     for name, cls in METHODS.items():
         assert cls.name == name and cls.summary and (METHODS_DIR / cls.family / "__init__.py").is_file()
-    with pytest.raises(InputError, match="^method must be one of rbg, registformer, stn-fusion, dual-similarity, rigid, syn, elastix, got 'cyclegan'$"):
+    with pytest.raises(InputError, match="^method must be one of rbg, registformer, stn-fusion, dual-similarity, mr-gan, registration-by-synthesis, rigid, syn, elastix, got 'cyclegan'$"):
         get_method("cyclegan")
 
 

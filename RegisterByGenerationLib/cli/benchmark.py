@@ -13,9 +13,10 @@ rigid (our rigid pre-alignment of the reference CT), syn (ANTsPy SyN, Mattes MI
 defaults), elastix (itk-elastix rigid + B-spline, AdvancedMattesMutualInformation,
 final grid 40 mm: the default 10 mm fails in the pelvis), stage1 (our Stage 1 alone),
 rbg (the full pipeline), registformer (only when a model with an adain Stage 1 is
-installed), stn-fusion (the STN + early-fusion 3-D network) and dual-similarity (the
-dual-similarity registration network; its folded fraction too), each when a model is
-installed. DIR holds case folders in the SynthRAD layout with truth, as written by
+installed), stn-fusion (the STN + early-fusion 3-D network), dual-similarity (the
+dual-similarity registration network; its folded fraction too), mr-gan (MR-GAN's MR->CT
+synthesis alone) and registration-by-synthesis (MR-GAN's CT->MR synthesis, then MR-MR
+demons; its folded fraction too), each when a model is installed. DIR holds case folders in the SynthRAD layout with truth, as written by
 `rbg phantom` or `rbg benchmark --make-real-case`. Writes OUT_DIR/results.csv,
 results.md (mean ± sd per method, and every case) and figure.png. Each method runs in
 its own process with --threads threads; wall time excludes model loading; peak memory
@@ -25,7 +26,8 @@ pip install -e .[benchmark]
 
 
 #: Same as ``RegisterByGenerationLib.benchmark.METHODS`` (kept here so ``rbg --help`` stays instant).
-METHODS = ("input", "rigid", "syn", "elastix", "stage1", "rbg", "refined", "registformer", "stn-fusion", "dual-similarity")
+METHODS = ("input", "rigid", "syn", "elastix", "stage1", "rbg", "refined", "registformer", "stn-fusion", "dual-similarity", "mr-gan",
+           "registration-by-synthesis")  # fmt: skip
 
 
 def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.ArgumentParser:
@@ -41,8 +43,9 @@ def add_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.Ar
     parser.add_argument("--threads", type=int, default=2, metavar="N", help="threads of every method (default: 2)")
     parser.add_argument("--mr-model", metavar="MODEL", help="model for MR cases (default: the default MR model)")
     parser.add_argument("--cbct-model", metavar="MODEL", help="model for CBCT cases (default: the default CBCT model)")
-    for method in ("stn-fusion", "dual-similarity"):
-        parser.add_argument(f"--{method}-model", metavar="MODEL", help=f"model of method {method} (default: its default model of each modality)")
+    for method in ("stn-fusion", "dual-similarity", "mr-gan"):
+        parser.add_argument(f"--{method}-model", metavar="MODEL", help=f"model of method {method} (default: its default model of each modality)"
+                            + (" and of registration-by-synthesis, which runs MR-GAN models" if method == "mr-gan" else ""))
     parser.add_argument("--seed", type=int, default=0, help="seed of every method's sampling (default: 0)")
     parser.add_argument("--keep-images", action="store_true", help="also write every output image to OUT_DIR/images")
     parser.add_argument("--make-real-case", metavar="CT", nargs="?", const="../shared/data/example_ct_pelvis.nii.gz",
@@ -81,7 +84,9 @@ def run(args: argparse.Namespace) -> int:
     from ..benchmark import run_benchmark
 
     models = {key: value for key, value in (("mr", args.mr_model), ("cbct", args.cbct_model)) if value}
-    method_models = {key: value for key, value in (("stn-fusion", args.stn_fusion_model), ("dual-similarity", args.dual_similarity_model)) if value}
+    given = (("stn-fusion", args.stn_fusion_model), ("dual-similarity", args.dual_similarity_model), ("mr-gan", args.mr_gan_model),
+             ("registration-by-synthesis", args.mr_gan_model))  # fmt: skip
+    method_models = {key: value for key, value in given if value}
     start = time.perf_counter()
     rows = run_benchmark(args.data, args.output, methods=tuple(args.methods), cases=args.cases, threads=args.threads,
                          models=models, method_models=method_models, seed=args.seed, keep_images=args.keep_images,

@@ -69,7 +69,14 @@ def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
     dual.add_argument("--data", required=True, metavar="DIR", help="dataset folder (SynthRAD2023 layout, with ct_aligned.nii.gz and mr_reference.nii.gz)")
     dual.add_argument("--out", required=True, metavar="RUN", help="run folder: checkpoints, log, cache (created)")
     dual.add_argument("--config", metavar="FILE", help="config JSON (any subset of the fields; e.g. Resources/Training/dual-similarity-mr.json)")
-    for sub in (stn, dual):
+    gan = phases.add_parser("mr-gan", help="train MR-GAN (methods mr-gan and registration-by-synthesis): MR<->CT synthesis from paired and unpaired data",
+                            description="Train method mr-gan (docs/training.md): both synthesis networks on 2-D crops; --variant paired "
+                                        "(pix2pix), unpaired (CycleGAN) or combined (MR-GAN, the default).")  # fmt: skip
+    gan.add_argument("--data", required=True, metavar="DIR", help="dataset folder (SynthRAD2023 layout; paired cases need ct_aligned.nii.gz)")
+    gan.add_argument("--out", required=True, metavar="RUN", help="run folder: checkpoints, log, cache (created)")
+    gan.add_argument("--config", metavar="FILE", help="config JSON (any subset of the fields; e.g. Resources/Training/mr-gan-mr.json)")
+    gan.add_argument("--variant", choices=("paired", "unpaired", "combined"), help="which of the paper's systems (overrides the config)")
+    for sub in (stn, dual, gan):
         sub.add_argument("--epochs", type=int, metavar="N", help="epochs (overrides the config)")
         sub.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint (exactly)")
         sub.add_argument("--device", default="auto", help="auto (CUDA, else the CPU), cpu, cuda or cuda:N (default: auto)")
@@ -117,10 +124,11 @@ def _config(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     logging.getLogger("RegisterByGenerationLib.training").setLevel(logging.INFO)
-    if args.phase in ("stn-fusion", "dual-similarity"):
-        return _train_volume_method(args)
+    if args.phase in ("stn-fusion", "dual-similarity", "mr-gan"):
+        return _train_own_method(args)
     if args.phase == "export":
         from ..methods.dual_similarity.training import export_dual_similarity, is_dual_similarity_run
+        from ..methods.mr_gan.training import export_mr_gan, is_mr_gan_run
         from ..methods.stn_fusion.training import export_stn_fusion, is_stn_fusion_run
         from ..training import export_run
 
@@ -134,6 +142,10 @@ def run(args: argparse.Namespace) -> int:
         if is_dual_similarity_run(args.run_dir):
             info = export_dual_similarity(args.run_dir, args.output, name=args.name, checkpoint=args.checkpoint, description=args.description)
             print(f"model {info.name!r} (method dual-similarity) written to {info.path}", file=sys.stderr)
+            return 0
+        if is_mr_gan_run(args.run_dir):
+            info = export_mr_gan(args.run_dir, args.output, name=args.name, checkpoint=args.checkpoint, description=args.description)
+            print(f"model {info.name!r} (methods mr-gan and registration-by-synthesis) written to {info.path}", file=sys.stderr)
             return 0
         info = export_run(args.run_dir, args.output, name=args.name, checkpoint=args.checkpoint, description=args.description,
                           pseudo_ct_output=args.pseudo_ct_output, valid_input_spacing_mm=valid, test_time_flip=args.test_time_flip)  # fmt: skip
@@ -168,8 +180,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_volume_method(args: argparse.Namespace) -> int:
-    """``rbg train stn-fusion`` and ``rbg train dual-similarity``: the 3-D methods' own trainers."""
+def _train_own_method(args: argparse.Namespace) -> int:
+    """``rbg train stn-fusion``, ``dual-similarity`` and ``mr-gan``: those methods' own trainers."""
     import dataclasses
 
     import torch
@@ -184,9 +196,11 @@ def _train_volume_method(args: argparse.Namespace) -> int:
         raise InputError(f"--epochs must be at least 1, got {args.epochs}")
     if args.phase == "stn-fusion":
         from ..methods.stn_fusion.training import load_training_config, train_stn_fusion as train
-    else:
+    elif args.phase == "dual-similarity":
         from ..methods.dual_similarity.training import load_training_config, train_dual_similarity as train
-    config = load_training_config(args.config, epochs=args.epochs)
+    else:
+        from ..methods.mr_gan.training import load_training_config, train_mr_gan as train
+    config = load_training_config(args.config, epochs=args.epochs, variant=getattr(args, "variant", None))
     if getattr(args, "stn", None) is False:
         config.architecture = dataclasses.replace(config.architecture, stn=False)
     summary = train(config, args.data, args.out, device=args.device, resume=args.resume)

@@ -87,6 +87,7 @@ class Method(ABC):
         default_models: modality → the installed model used when none is given.
         generative: the output is made from the input (so a mono-modal refinement onto
             it, ``--refine demons``, makes sense).
+        model_method: the ``method`` of the model cards it runs, when not its own name.
     """
 
     name: ClassVar[str]
@@ -95,6 +96,7 @@ class Method(ABC):
     needs_model: ClassVar[bool] = True
     default_models: ClassVar[dict[str, str]] = {}
     generative: ClassVar[bool] = True
+    model_method: ClassVar[str | None] = None
 
     def __init__(self, info: ModelInfo | None, *, device: torch.device, autocast_dtype: torch.dtype | None,
                  batch_size: int | None, threads: int | None) -> None:  # fmt: skip
@@ -102,6 +104,11 @@ class Method(ABC):
             raise ModelError(f"method {self.name} needs a model")
         self.info, self.device, self.autocast_dtype = info, device, autocast_dtype
         self.batch_size, self.threads = batch_size, threads
+
+    @classmethod
+    def model_kind(cls) -> str:
+        """The ``method`` a model card of this method names."""
+        return cls.model_method or cls.name
 
     @classmethod
     def build_network(cls, architecture: dict[str, Any]) -> torch.nn.Module:

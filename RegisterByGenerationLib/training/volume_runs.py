@@ -1,4 +1,4 @@
-"""What the 3-D methods' training runs share (``rbg train stn-fusion``, ``dual-similarity``).
+"""What the methods' own training runs share (``rbg train stn-fusion``, ``dual-similarity``, ``mr-gan``).
 
 A run folder holds ``run.json`` (``{"method", "config", "data"}``), ``last.pt`` and
 ``best.pt``, ``log.csv`` (one row per epoch) and ``cache/`` (the preprocessed cases).
@@ -68,14 +68,19 @@ def run_method(run_dir: str | os.PathLike) -> str | None:
 
 
 def train_epochs(method: str, net: Any, config: Any, dataset: Any, run: Path, *, device: Any, resume: bool, stop_after: int | None,
-                 terms_of: Callable[[dict], dict], validate: Callable[[], dict]) -> dict[str, Any]:  # fmt: skip
-    """The epoch loop the 3-D trainers share: Adam with the config's step schedule, resume
+                 terms_of: Callable[[dict], dict], validate: Callable[[], dict], adversary: Any = None,
+                 adversary_terms_of: Callable[[dict], dict] | None = None) -> dict[str, Any]:  # fmt: skip
+    """The epoch loop these trainers share: Adam with the config's step schedule, resume
     from ``run/last.pt`` (same config only), one ``log.csv`` row per epoch, ``best.pt`` at
     the lowest ``val_mae`` (else the latest epoch).
 
-    ``config`` has ``lr``, ``lr_milestones``, ``lr_gamma``, ``epochs``, ``batch_size`` and
-    ``to_dict()``; ``dataset`` has ``set_epoch``; ``terms_of(batch on device)`` returns the
-    loss terms with ``"total"``; ``validate()`` the validation numbers.
+    ``config`` has ``lr``, ``lr_milestones``, ``lr_gamma``, ``epochs``, ``batch_size``,
+    ``to_dict()`` and optionally ``betas`` (Adam's; default 0.9, 0.999); ``dataset`` has
+    ``set_epoch``; ``terms_of(batch on device)`` returns the loss terms with ``"total"``;
+    ``validate()`` the validation numbers. A GAN passes its discriminators as
+    ``adversary``: after each step of ``net``, ``adversary_terms_of(batch)`` gives their
+    loss (with ``"total"``), which a second Adam on the same schedule minimises; they are
+    checkpointed beside ``net`` (``adversary_model``, ``adversary_optimizer``, ...), never exported.
 
     Returns:
         ``epoch``, ``best_value``, ``best_epoch``, ``wall_time_s`` of the last checkpoint.
@@ -86,18 +91,24 @@ def train_epochs(method: str, net: Any, config: Any, dataset: Any, run: Path, *,
     from ..io import atomic_path
     from .trainer import hardware_description
 
+    if (adversary is None) != (adversary_terms_of is None):
+        raise ValueError("adversary and adversary_terms_of go together")
     last, best = run / "last.pt", run / "best.pt"
-    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
     milestones = sorted({max(1, round(m * config.epochs)) for m in config.lr_milestones})
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, config.lr_gamma)
+    betas = tuple(getattr(config, "betas", (0.9, 0.999)))
+    trained = {"": net} if adversary is None else {"": net, "adversary_": adversary}
+    optimizers = {prefix: torch.optim.Adam(module.parameters(), lr=config.lr, betas=betas) for prefix, module in trained.items()}
+    schedulers = {prefix: torch.optim.lr_scheduler.MultiStepLR(opt, milestones, config.lr_gamma) for prefix, opt in optimizers.items()}
+    optimizer = optimizers[""]
     state: dict[str, Any] = {"epoch": 0, "best_value": None, "best_epoch": 0, "history": [], "wall_time_s": 0.0}
     if resume and last.is_file():
         checkpoint = torch.load(last, map_location="cpu", weights_only=True)
         if checkpoint["config"] != config.to_dict():
             raise InputError(f"{run}: the checkpoint was written with another configuration")
-        net.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
+        for prefix, module in trained.items():
+            module.load_state_dict(checkpoint[f"{prefix}model" if prefix else "model"])
+            optimizers[prefix].load_state_dict(checkpoint[f"{prefix}optimizer"])
+            schedulers[prefix].load_state_dict(checkpoint[f"{prefix}scheduler"])
         torch.set_rng_state(checkpoint["rng"])
         state = {k: checkpoint[k] for k in state}
     hardware = hardware_description(device)
@@ -109,13 +120,21 @@ def train_epochs(method: str, net: Any, config: Any, dataset: Any, run: Path, *,
         dataset.set_epoch(epoch)
         sums: dict[str, float] = {}
         for batch in loader:
-            terms = terms_of({k: v.to(device) for k, v in batch.items()})
+            batch = {k: v.to(device) for k, v in batch.items()}
+            terms = terms_of(batch)
             optimizer.zero_grad(set_to_none=True)
             terms["total"].backward()
             optimizer.step()
+            if adversary is not None:
+                adversary_terms = adversary_terms_of(batch)
+                optimizers["adversary_"].zero_grad(set_to_none=True)  # also the gradients net's loss left in it
+                adversary_terms["total"].backward()
+                optimizers["adversary_"].step()
+                terms.update({f"adversary_{k}": v for k, v in adversary_terms.items()})
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
-        scheduler.step()
+        for scheduler in schedulers.values():
+            scheduler.step()
         row: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **{f"train_{k}": v / len(loader) for k, v in sums.items()}}
         row.update(validate())
         row["seconds"] = round(time.perf_counter() - start, 2)
@@ -125,10 +144,11 @@ def train_epochs(method: str, net: Any, config: Any, dataset: Any, run: Path, *,
             state["best_value"], state["best_epoch"] = value, epoch + 1
         state["epoch"], state["wall_time_s"] = epoch + 1, state["wall_time_s"] + row["seconds"]
         state["history"].append(row)
-        checkpoint = {"format": 1, "method": method, "library_version": __version__, "config": config.to_dict(),
-                      "model": {k: v.detach().cpu() for k, v in net.state_dict().items()}, "optimizer": optimizer.state_dict(),
-                      "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "hardware": hardware,
-                      "threads": torch.get_num_threads(), **state}  # fmt: skip
+        checkpoint = {"format": 1, "method": method, "library_version": __version__, "config": config.to_dict(), "rng": torch.get_rng_state(),
+                      "hardware": hardware, "threads": torch.get_num_threads(), **state}  # fmt: skip
+        for prefix, module in trained.items():
+            checkpoint[f"{prefix}model" if prefix else "model"] = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+            checkpoint[f"{prefix}optimizer"], checkpoint[f"{prefix}scheduler"] = optimizers[prefix].state_dict(), schedulers[prefix].state_dict()
         with atomic_path(last) as tmp:
             torch.save(checkpoint, tmp)
         if improved:
