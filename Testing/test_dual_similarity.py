@@ -185,7 +185,7 @@ def test_training_resumes_exactly_and_exports_a_model_whose_field_is_reported(du
     assert report["deformation"]["fold_fraction"] == result.deformation["fold_fraction"]
     with pytest.raises(ModelError, match="is a dual-similarity model, not a rbg one"):
         Pipeline(info.path, method="rbg", modality="mr", device="cpu")
-    with pytest.raises(InputError, match="not a dual-similarity training run"):
+    with pytest.raises(InputError, match="not a training run of method dual-similarity"):
         export_dual_similarity(tmp_path, tmp_path / "other", name="x")
     thin = mr[:, :, :2]
     with pytest.raises(InputMismatchError, match=r"^thin.nii.gz: 2 slice\(s\) of .* method dual-similarity needs at least 8$"):

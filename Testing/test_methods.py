@@ -254,7 +254,7 @@ def test_training_resumes_exactly_and_exports_a_model_the_pipeline_runs(stn_run,
     assert result.field_of_view["blend_mm"] > 0  # a generated image: the reference fills outside the field of view
     with pytest.raises(ModelError, match="is a stn-fusion model, not a rbg one"):
         Pipeline(info.path, method="rbg", modality="cbct", device="cpu")
-    with pytest.raises(InputError, match="not an stn-fusion training run"):
+    with pytest.raises(InputError, match="not a training run of method stn-fusion"):
         export_stn_fusion(tmp_path, tmp_path / "other", name="x")
 
 

@@ -244,7 +244,7 @@ def test_the_exported_model_runs_both_methods_on_the_input_grid(gan_run, mr_case
     assert resolve("registration-by-synthesis", info.path, "mr")[1].name == "tiny-gan"
     with pytest.raises(ModelError, match="is a mr-gan model, not a rbg one"):
         Pipeline(info.path, method="rbg", modality="mr", device="cpu")
-    with pytest.raises(InputError, match="not an mr-gan training run"):
+    with pytest.raises(InputError, match="not a training run of method mr-gan"):
         export_mr_gan(tmp_path, tmp_path / "other", name="x")
 
 

@@ -21,7 +21,7 @@ from ..errors import InputError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["crop3d", "append_csv", "load_config_file", "run_method", "train_epochs"]
+__all__ = ["crop3d", "append_csv", "load_config_file", "run_method", "train_epochs", "read_run_for_export", "model_card"]
 
 
 def crop3d(volume: np.ndarray, corner: tuple[int, int, int], size: tuple[int, ...], pad: float) -> np.ndarray:
@@ -157,3 +157,65 @@ def train_epochs(method: str, net: Any, config: Any, dataset: Any, run: Path, *,
         append_csv(run / "log.csv", row)
         logger.info("%s epoch %d: %s", method, epoch + 1, ", ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)))
     return {k: state[k] for k in ("epoch", "best_value", "best_epoch", "wall_time_s")}
+
+
+def read_run_for_export(run_dir: str | os.PathLike, method: str, checkpoint: str, name: str) -> tuple[dict, dict, dict]:
+    """``(run.json, the checkpoint to export, last.pt)`` of a ``method`` run, after the checks
+    every export makes.
+
+    Raises:
+        InputError: not a run of ``method``, ``checkpoint`` neither ``best`` nor ``last`` or
+            missing, or ``name`` not a plain model name.
+    """
+    import torch
+
+    run_dir = Path(run_dir)
+    if run_method(run_dir) != method:
+        raise InputError(f"{run_dir}: not a training run of method {method} (no run.json with method {method})")
+    if checkpoint not in ("best", "last"):
+        raise InputError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
+    if not name or any(c in name for c in "/\\") or name.startswith("."):
+        raise InputError(f"name must be a plain, non-empty model name, got {name!r}")
+    path = run_dir / f"{checkpoint}.pt"
+    if not path.is_file():
+        raise InputError(f"{path}: no such checkpoint; train the run first")
+    run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    latest = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)  # the whole run, whichever checkpoint is exported
+    return run, state, latest
+
+
+def model_card(method: str, name: str, description: str, config: Any, exported: tuple[dict, dict, dict], checkpoint: str,
+               departures: list[str], **training: Any) -> dict[str, Any]:  # fmt: skip
+    """The model card (``metadata`` of :func:`~..modelstore.save_model`) of an exported run:
+    what every method's card says, with the method's own ``training`` facts (its target,
+    supervision, ...) after the data and the config."""
+    from .. import __version__
+    from .export import INTENDED_USE, data_description
+
+    run, state, latest = exported
+    best_row = next((row for row in latest["history"] if row["epoch"] == latest["best_epoch"]), {})
+    return {
+        "name": name,
+        "method": method,
+        "modality": config.modality,
+        "pixel_spacing_mm": list(config.pixel_spacing_mm),
+        "normalization": config.normalization,
+        "canvas": None,
+        "description": description,
+        "version": __version__,
+        "intended_use": INTENDED_USE,
+        "training": {
+            "data": data_description(run),
+            "config": config.to_dict(),
+            **training,
+            "epochs": latest["epoch"],
+            "best_epoch": latest["best_epoch"],
+            "exported_checkpoint": f"{checkpoint}.pt (epoch {state['epoch']})",
+            "validation_at_best_epoch": {k: v for k, v in best_row.items() if k.startswith("val_")},
+            "wall_time_s": round(float(latest["wall_time_s"]), 1),
+            "hardware": latest.get("hardware", "not recorded"),
+            "departures_from_the_paper": departures,
+            "library_version": __version__,
+        },
+    }

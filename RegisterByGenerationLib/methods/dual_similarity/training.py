@@ -50,8 +50,7 @@ from ...modelstore import ModelInfo, save_model
 from ...preprocess import normalise_input, prepare_case
 from ...training.config import default_normalization
 from ...training.data import IMAGE_SUFFIXES, CaseFiles, find_cases, split_cases
-from ...training.export import INTENDED_USE, data_description
-from ...training.volume_runs import crop3d, load_config_file, run_method, train_epochs
+from ...training.volume_runs import crop3d, load_config_file, model_card, read_run_for_export, run_method, train_epochs
 from .field import canvas_displacement, to_coarse
 from .network import DualSimilarityConfig, DualSimilarityNet, coarse_factors
 
@@ -345,23 +344,11 @@ def export_dual_similarity(run_dir: str | os.PathLike, model_dir: str | os.PathL
     Raises:
         InputError: not a dual-similarity run, no such checkpoint, or a bad name.
     """
-    run_dir = Path(run_dir)
-    if not is_dual_similarity_run(run_dir):
-        raise InputError(f"{run_dir}: not a dual-similarity training run (no run.json with method dual-similarity)")
-    if checkpoint not in ("best", "last"):
-        raise InputError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
-    if not name or any(c in name for c in "/\\") or name.startswith("."):
-        raise InputError(f"name must be a plain, non-empty model name, got {name!r}")
-    path = run_dir / f"{checkpoint}.pt"
-    if not path.is_file():
-        raise InputError(f"{path}: no such checkpoint; train the run first")
-    run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    exported = read_run_for_export(run_dir, "dual-similarity", checkpoint, name)
+    run, state, _ = exported
     config = DualSimilarityTrainingConfig(**run["config"])
     net = DualSimilarityNet(config.architecture)
     net.load_state_dict(state["model"], strict=True)
-    latest = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
-    best_row = next((row for row in latest["history"] if row["epoch"] == latest["best_epoch"]), {})
     departures = [
         f"a stationary velocity field integrated in {config.architecture.integration_steps} scaling-and-squaring steps (diffeomorphic; the paper predicts the displacement)"
         if config.architecture.integration_steps else "the network predicts the displacement itself, as in the paper (not diffeomorphic)",
@@ -370,29 +357,8 @@ def export_dual_similarity(run_dir: str | os.PathLike, model_dir: str | os.PathL
         "Adam instead of SGD; padded convolutions on whole volumes instead of valid convolutions on 68³ patches",
         f"the network runs on a ~{config.architecture.coarse_spacing_mm:g} mm grid of the model canvas, after our rigid pre-alignment (the paper: affine FLIRT)",
     ]  # fmt: skip
-    metadata = {
-        "name": name,
-        "method": "dual-similarity",
-        "modality": config.modality,
-        "pixel_spacing_mm": list(config.pixel_spacing_mm),
-        "normalization": config.normalization,
-        "canvas": None,
-        "description": description or "Dual-similarity inter-modality registration (MR → reference CT warp)",
-        "version": __version__,
-        "intended_use": INTENDED_USE,
-        "training": {
-            "data": data_description(run),
-            "config": config.to_dict(),
-            "supervision": "intra-modality similarity on pre-aligned pairs (the CT of the input MR's anatomy, the MR of the reference CT's "
-                           "anatomy); aligned CTs also scored the validation cases and picked the best epoch",
-            "epochs": latest["epoch"],
-            "best_epoch": latest["best_epoch"],
-            "exported_checkpoint": f"{checkpoint}.pt (epoch {state['epoch']})",
-            "validation_at_best_epoch": {k: v for k, v in best_row.items() if k.startswith("val_")},
-            "wall_time_s": round(float(latest["wall_time_s"]), 1),
-            "hardware": latest.get("hardware", "not recorded"),
-            "departures_from_the_paper": departures,
-            "library_version": __version__,
-        },
-    }  # fmt: skip
+    supervision = ("intra-modality similarity on pre-aligned pairs (the CT of the input MR's anatomy, the MR of the reference CT's "
+                   "anatomy); aligned CTs also scored the validation cases and picked the best epoch")
+    metadata = model_card("dual-similarity", name, description or "Dual-similarity inter-modality registration (MR → reference CT warp)",
+                          config, exported, checkpoint, departures, supervision=supervision)  # fmt: skip
     return save_model(net, model_dir, metadata)

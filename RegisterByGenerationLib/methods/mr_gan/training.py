@@ -40,8 +40,7 @@ from ...metrics import mae
 from ...modelstore import ModelInfo, save_model
 from ...training.config import TrainingConfig, default_normalization
 from ...training.data import CachedCase, find_cases, load_case, split_cases
-from ...training.export import INTENDED_USE, data_description
-from ...training.volume_runs import crop3d, load_config_file, run_method, train_epochs
+from ...training.volume_runs import crop3d, load_config_file, model_card, read_run_for_export, run_method, train_epochs
 from .inference import translate
 from .network import MRGAN, MRGANConfig, PairedUnpairedDiscriminator
 
@@ -312,23 +311,11 @@ def export_mr_gan(run_dir: str | os.PathLike, model_dir: str | os.PathLike, *, n
     Raises:
         InputError: not an MR-GAN run, no such checkpoint, or a bad name.
     """
-    run_dir = Path(run_dir)
-    if not is_mr_gan_run(run_dir):
-        raise InputError(f"{run_dir}: not an mr-gan training run (no run.json with method mr-gan)")
-    if checkpoint not in ("best", "last"):
-        raise InputError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
-    if not name or any(c in name for c in "/\\") or name.startswith("."):
-        raise InputError(f"name must be a plain, non-empty model name, got {name!r}")
-    path = run_dir / f"{checkpoint}.pt"
-    if not path.is_file():
-        raise InputError(f"{path}: no such checkpoint; train the run first")
-    run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    exported = read_run_for_export(run_dir, "mr-gan", checkpoint, name)
+    run, state, _ = exported
     config = MRGANTrainingConfig(**run["config"])
     net = MRGAN(config.architecture)
     net.load_state_dict(state["model"], strict=True)
-    latest = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
-    best_row = next((row for row in latest["history"] if row["epoch"] == latest["best_epoch"]), {})
     width = config.architecture
     departures = [
         f"lite widths for the CPU: {width.channels} generator channels and {width.residual_blocks} residual blocks (the paper: 64 and 9)",
@@ -338,32 +325,9 @@ def export_mr_gan(run_dir: str | os.PathLike, model_dir: str | os.PathLike, *, n
     ]
     if config.pixel_target == "aligned":
         departures.append("paired data: each phantom MR with the CT of its own anatomy (ct_aligned.nii.gz, exact), not rigidly registered scans")
-    metadata = {
-        "name": name,
-        "method": "mr-gan",
-        "modality": config.modality,
-        "pixel_spacing_mm": list(config.pixel_spacing_mm),
-        "normalization": config.normalization,
-        "canvas": None,
-        "description": description or f"MR-GAN ({config.variant}) MR<->CT synthesis",
-        "version": __version__,
-        "intended_use": INTENDED_USE,
-        "training": {
-            "data": data_description(run),
-            "variant": config.variant,
-            "paired_cases": run["data"]["paired"],
-            "unpaired_cases": run["data"]["unpaired"],
-            "config": config.to_dict(),
-            "supervision": {"paired": "L1 against the paired CT/MR + pair discriminators", "unpaired": "cycle consistency + discriminators",
-                            "combined": "both, with the cycle on the paired cases too"}[config.variant],  # fmt: skip
-            "epochs": latest["epoch"],
-            "best_epoch": latest["best_epoch"],
-            "exported_checkpoint": f"{checkpoint}.pt (epoch {state['epoch']})",
-            "validation_at_best_epoch": {k: v for k, v in best_row.items() if k.startswith("val_")},
-            "wall_time_s": round(float(latest["wall_time_s"]), 1),
-            "hardware": latest.get("hardware", "not recorded"),
-            "departures_from_the_paper": departures,
-            "library_version": __version__,
-        },
-    }
+    supervision = {"paired": "L1 against the paired CT/MR + pair discriminators", "unpaired": "cycle consistency + discriminators",
+                   "combined": "both, with the cycle on the paired cases too"}[config.variant]  # fmt: skip
+    metadata = model_card("mr-gan", name, description or f"MR-GAN ({config.variant}) MR<->CT synthesis", config, exported, checkpoint, departures,
+                          variant=config.variant, paired_cases=run["data"]["paired"], unpaired_cases=run["data"]["unpaired"],
+                          supervision=supervision)  # fmt: skip
     return save_model(net, model_dir, metadata)

@@ -37,8 +37,7 @@ from ...modelstore import ModelInfo, save_model
 from ...metrics import bone_dice_by_threshold, mae
 from ...training.config import TrainingConfig, default_normalization
 from ...training.data import CachedCase, find_cases, load_case, split_cases
-from ...training.export import INTENDED_USE, data_description
-from ...training.volume_runs import crop3d, load_config_file, run_method, train_epochs
+from ...training.volume_runs import crop3d, load_config_file, model_card, read_run_for_export, run_method, train_epochs
 from .inference import predict_volume
 from .network import STNFusionConfig, STNFusionNet
 
@@ -234,55 +233,21 @@ def export_stn_fusion(run_dir: str | os.PathLike, model_dir: str | os.PathLike, 
     Raises:
         InputError: not an STN-fusion run, no such checkpoint, or a bad name.
     """
-    run_dir = Path(run_dir)
-    if not is_stn_fusion_run(run_dir):
-        raise InputError(f"{run_dir}: not an stn-fusion training run (no run.json with method stn-fusion)")
-    if checkpoint not in ("best", "last"):
-        raise InputError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
-    if not name or any(c in name for c in "/\\") or name.startswith("."):
-        raise InputError(f"name must be a plain, non-empty model name, got {name!r}")
-    path = run_dir / f"{checkpoint}.pt"
-    if not path.is_file():
-        raise InputError(f"{path}: no such checkpoint; train the run first")
-    run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    exported = read_run_for_export(run_dir, "stn-fusion", checkpoint, name)
+    run, state, _ = exported
     config = STNFusionTrainingConfig(**{**run["config"], "architecture": STNFusionConfig.from_dict(run["config"]["architecture"])})
     net = STNFusionNet(config.architecture)
     net.load_state_dict(state["model"], strict=True)
-    latest = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)  # the whole run, whichever checkpoint is exported
-    best_row = next((row for row in latest["history"] if row["epoch"] == latest["best_epoch"]), {})
-    data = data_description(run)
     departures = ["residual: the U-Net's output is added to the warped CT (the paper's U-Net outputs the sCT)"] if config.architecture.residual else []
     if config.perceptual_weight == 0:
         departures.append("no perceptual term: no ImageNet VGG is available offline, and a random VGG is no perceptual metric")
     elif config.vgg_weights is None:
         departures.append("the perceptual term uses a fixed random VGG-19 (no ImageNet weights offline)")
     departures.append("2-D canvas slices stacked as the volume: the input's own slice spacing, 1 mm in-plane by default, after our rigid pre-alignment")
-    metadata = {
-        "name": name,
-        "method": "stn-fusion",
-        "modality": config.modality,
-        "pixel_spacing_mm": list(config.pixel_spacing_mm),
-        "normalization": config.normalization,
-        "canvas": None,
-        "description": description or f"STN + early fusion ({'with' if config.architecture.stn else 'without'} STN) {config.modality.upper()} model",
-        "version": __version__,
-        "intended_use": INTENDED_USE,
-        "training": {
-            "data": data,
-            "config": config.to_dict(),
-            "target": "each training case's aligned CT (ct_aligned.nii.gz: known for synthetic phantoms; for real data a deformably registered CT)",
-            "supervision": "supervised on aligned CTs; aligned CTs also scored the validation cases and picked the best epoch",
-            "epochs": latest["epoch"],
-            "best_epoch": latest["best_epoch"],
-            "exported_checkpoint": f"{checkpoint}.pt (epoch {state['epoch']})",
-            "validation_at_best_epoch": {k: v for k, v in best_row.items() if k.startswith("val_")},
-            "wall_time_s": round(float(latest["wall_time_s"]), 1),
-            "hardware": latest.get("hardware", "not recorded"),
-            "departures_from_the_paper": departures,
-            "library_version": __version__,
-        },
-    }
+    description = description or f"STN + early fusion ({'with' if config.architecture.stn else 'without'} STN) {config.modality.upper()} model"
+    metadata = model_card("stn-fusion", name, description, config, exported, checkpoint, departures,
+                          target="each training case's aligned CT (ct_aligned.nii.gz: known for synthetic phantoms; for real data a deformably registered CT)",
+                          supervision="supervised on aligned CTs; aligned CTs also scored the validation cases and picked the best epoch")  # fmt: skip
     if valid_input_spacing_mm is not None:
         metadata["valid_input_spacing_mm"] = valid_input_spacing_mm
     return save_model(net, model_dir, metadata)
