@@ -21,7 +21,7 @@ from ..errors import InputError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["crop3d", "append_csv", "load_config_file", "run_method", "train_epochs", "read_run_for_export", "model_card"]
+__all__ = ["crop3d", "append_csv", "load_config_file", "run_method", "split_run_cases", "train_epochs", "read_run_for_export", "model_card"]
 
 
 def crop3d(volume: np.ndarray, corner: tuple[int, int, int], size: tuple[int, ...], pad: float) -> np.ndarray:
@@ -65,6 +65,25 @@ def run_method(run_dir: str | os.PathLike) -> str | None:
         return json.loads((Path(run_dir) / "run.json").read_text(encoding="utf-8")).get("method")
     except (OSError, json.JSONDecodeError, AttributeError):
         return None
+
+
+def split_run_cases(config: Any, data_dir: str | os.PathLike, run_dir: str | os.PathLike, resume: bool) -> tuple[list, list]:
+    """``(training, validation)`` case files of a new or resumed run, before anything is
+    written: ``config`` has ``modality``, ``val_fraction``, ``seed`` and ``val_cases``.
+
+    Raises:
+        InputError: a checkpoint exists without ``resume``, bad data, or no training case
+            left after the validation split.
+    """
+    from .data import find_cases, split_cases
+
+    if (Path(run_dir) / "last.pt").is_file() and not resume:
+        raise InputError(f"{run_dir}: already has a checkpoint; pass --resume to continue it, or use a new --out")
+    _, files = find_cases(data_dir, config.modality)
+    train_files, val_files = split_cases(files, val_fraction=config.val_fraction, seed=config.seed, val_cases=config.val_cases)
+    if not train_files:
+        raise InputError(f"{data_dir}: no training case left after the validation split")
+    return train_files, val_files
 
 
 def train_epochs(method: str, net: Any, config: Any, dataset: Any, run: Path, *, device: Any, resume: bool, stop_after: int | None,

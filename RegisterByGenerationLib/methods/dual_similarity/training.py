@@ -49,8 +49,8 @@ from ...metrics import deformation_statistics, mae
 from ...modelstore import ModelInfo, save_model
 from ...preprocess import normalise_input, prepare_case
 from ...training.config import default_normalization
-from ...training.data import IMAGE_SUFFIXES, CaseFiles, find_cases, split_cases
-from ...training.volume_runs import crop3d, load_config_file, model_card, read_run_for_export, run_method, train_epochs
+from ...training.data import IMAGE_SUFFIXES, CaseFiles
+from ...training.volume_runs import crop3d, load_config_file, model_card, read_run_for_export, run_method, split_run_cases, train_epochs
 from .field import canvas_displacement, to_coarse
 from .network import DualSimilarityConfig, DualSimilarityNet, coarse_factors
 
@@ -306,13 +306,8 @@ def train_dual_similarity(config: DualSimilarityTrainingConfig, data_dir: str | 
     """
     from ...pipeline import select_device
 
-    if (Path(run_dir) / "last.pt").is_file() and not resume:
-        raise InputError(f"{run_dir}: already has a checkpoint; pass --resume to continue it, or use a new --out")
     torch_device = select_device(device)
-    _, files = find_cases(data_dir, config.modality)  # bad data: refused before the run folder exists
-    train_files, val_files = split_cases(files, val_fraction=config.val_fraction, seed=config.seed, val_cases=config.val_cases)
-    if not train_files:
-        raise InputError(f"{data_dir}: no training case left after the validation split")
+    train_files, val_files = split_run_cases(config, data_dir, run_dir, resume)  # bad data: refused before the run folder exists
     for case in train_files + val_files:
         if case.truth is None:
             raise InputError(f"{case.folder}: case {case.case_id} has no ct_aligned.nii.gz (the CT of the input's anatomy), which dual-similarity training needs")

@@ -39,8 +39,8 @@ from ...losses.adversarial import LSGANLoss
 from ...metrics import mae
 from ...modelstore import ModelInfo, save_model
 from ...training.config import TrainingConfig, default_normalization
-from ...training.data import CachedCase, find_cases, load_case, split_cases
-from ...training.volume_runs import crop3d, load_config_file, model_card, read_run_for_export, run_method, train_epochs
+from ...training.data import CachedCase, load_case
+from ...training.volume_runs import crop3d, load_config_file, model_card, read_run_for_export, run_method, split_run_cases, train_epochs
 from .inference import translate
 from .network import MRGAN, MRGANConfig, PairedUnpairedDiscriminator
 
@@ -270,12 +270,9 @@ def train_mr_gan(config: MRGANTrainingConfig, data_dir: str | os.PathLike, run_d
     """
     from ...pipeline import select_device
 
-    if (Path(run_dir) / "last.pt").is_file() and not resume:
-        raise InputError(f"{run_dir}: already has a checkpoint; pass --resume to continue it, or use a new --out")
     torch_device = select_device(device)
     canvas = config.canvas_config()
-    _, files = find_cases(data_dir, config.modality)  # bad data: refused before the run folder exists
-    train_files, val_files = split_cases(files, val_fraction=config.val_fraction, seed=config.seed, val_cases=config.val_cases)
+    train_files, val_files = split_run_cases(config, data_dir, run_dir, resume)  # bad data: refused before the run folder exists
     paired_ids, unpaired_ids = split_paired([f.case_id for f in train_files], config.paired_fraction, config.seed)
     needed = {f.case_id for f in train_files if f.case_id in paired_ids and config.variant != "unpaired"}
     missing = next((f for f in train_files if f.case_id in needed and f.truth is None and config.pixel_target == "aligned"), None)

@@ -36,8 +36,8 @@ from ...io import check_writable_dir
 from ...modelstore import ModelInfo, save_model
 from ...metrics import bone_dice_by_threshold, mae
 from ...training.config import TrainingConfig, default_normalization
-from ...training.data import CachedCase, find_cases, load_case, split_cases
-from ...training.volume_runs import crop3d, load_config_file, model_card, read_run_for_export, run_method, train_epochs
+from ...training.data import CachedCase, load_case
+from ...training.volume_runs import crop3d, load_config_file, model_card, read_run_for_export, run_method, split_run_cases, train_epochs
 from .inference import predict_volume
 from .network import STNFusionConfig, STNFusionNet
 
@@ -194,14 +194,9 @@ def train_stn_fusion(config: STNFusionTrainingConfig, data_dir: str | os.PathLik
     """
     from ...pipeline import select_device
 
-    if (Path(run_dir) / "last.pt").is_file() and not resume:
-        raise InputError(f"{run_dir}: already has a checkpoint; pass --resume to continue it, or use a new --out")
     torch_device = select_device(device)
     canvas = config.canvas_config()
-    _, files = find_cases(data_dir, config.modality)  # bad data: refused before the run folder exists
-    train_files, val_files = split_cases(files, val_fraction=config.val_fraction, seed=config.seed, val_cases=config.val_cases)
-    if not train_files:
-        raise InputError(f"{data_dir}: no training case left after the validation split")
+    train_files, val_files = split_run_cases(config, data_dir, run_dir, resume)  # bad data: refused before the run folder exists
     unaligned = next((f for f in train_files if f.truth is None), None)
     if unaligned is not None:
         raise InputError(f"{unaligned.folder}: case {unaligned.case_id} has no ct_aligned.nii.gz, the target stn-fusion training needs")
