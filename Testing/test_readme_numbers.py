@@ -11,6 +11,13 @@ import pytest
 from RegisterByGenerationLib.cli import main
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+# The demo's numbers depend on the CPU's float rounding: numpy's AVX2/AVX-512 kernels
+# change the phantom in its last bits, and the rigid pre-alignment's optimiser then stops
+# at a slightly different pose. On the MR demo case that moves the rigid reference by
+# 1.2 HU and the pseudo-CT by 0.75 HU (NPY_DISABLE_CPU_FEATURES="AVX2 FMA3 F16C AVX"
+# against AVX2), bone Dice by 0.005. A different model moves them by far more.
+MAE_TOLERANCE_HU = 2.0
+DICE_TOLERANCE = 0.01
 COLUMNS = {"pseudo-CT": "pseudo_ct", "Stage 1 alone": "stage1", "rigid reference": "rigid_reference", "CBCT as it is": "input_as_is"}
 
 
@@ -33,7 +40,7 @@ def test_readme_demo_numbers_match_the_bundled_models(modality, tmp_path):
     assert main(["demo", "-o", str(out), "--modality", modality, "--bones", "none", "--no-baselines", "--device", "cpu", "--threads", "2"]) == 0
     scores = json.loads((out / "evaluation.json").read_text())
     table = _readme_table()
-    for metric, key, tolerance in (("MAE (HU)", "mae_hu", 0.15), ("bone Dice", "bone_dice_threshold", 0.002)):
+    for metric, key, tolerance in (("MAE (HU)", "mae_hu", MAE_TOLERANCE_HU), ("bone Dice", "bone_dice_threshold", DICE_TOLERANCE)):
         for column, name in COLUMNS.items():
             printed = table[(modality, metric)][column]
             if printed == "–":
