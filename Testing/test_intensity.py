@@ -149,7 +149,7 @@ def test_nyul_validation():
 @pytest.mark.parametrize(
     "scheme",
     [CTWindow(), CTWindow(-1000.0, 2000.0), CTPercentileWindow(), CTPercentileWindow(1.0, 99.0), PercentileScaling(), PercentileScaling(1.0, 99.0, n4=True), NyulStandardisation([1, 50, 99], [-1.0, 0.2, 1.0])],
-    ids=repr,
+    ids=lambda scheme: json.dumps(scheme.to_config(), sort_keys=True),  # stable across processes (pytest -n)
 )
 def test_config_round_trip(scheme):
     config = json.loads(json.dumps(scheme.to_config()))
