@@ -20,7 +20,9 @@ from RegisterByGenerationLib.methods.dual_similarity.training import (
     DualSimilarityLoss,
     DualSimilarityTrainingConfig,
     export_dual_similarity,
+    PairedPatchDataset,
     load_paired_case,
+    teacher_field,
     train_dual_similarity,
 )
 from RegisterByGenerationLib.phantoms import write_phantom_dataset
@@ -113,6 +115,48 @@ def test_the_loss_is_zero_for_the_right_field_and_learns_a_shift():
     with torch.no_grad():
         assert float(loss_fn(net, batch)["total"]) < 0.5 * first
     assert 1.0 < float(ddf.mean()) < 3.0  # out(i) = moving(i + ddf): +2 voxels along x
+
+
+def test_the_teacher_field_follows_the_networks_convention():
+    """Demons from a CT onto the same CT shifted by 2 voxels along x: the field is +2 voxels
+    along x (component 2) inside, and the network's warp with it gives back the fixed CT."""
+    from scipy import ndimage
+
+    z, y, x = np.meshgrid(*(np.arange(n, dtype=np.float64) for n in (16, 32, 32)), indexing="ij")
+    fixed = np.where((z - 8) ** 2 / 25 + (y - 16) ** 2 / 64 + (x - 15) ** 2 / 49 < 1, 1000.0, -100.0)
+    fixed = ndimage.gaussian_filter(fixed, 1.0).astype(np.float32)
+    moving = np.roll(fixed, 2, axis=-1)  # moving(i + 2) = fixed(i)
+    teacher = teacher_field(moving, fixed, (3.0, 3.0, 3.0), 4.5)
+    assert teacher.shape == (3, 16, 32, 32)
+    edge = np.abs(ndimage.sobel(fixed, axis=-1)) > 100  # where the forces act
+    assert 1.5 < float(np.median(teacher[2][edge])) < 2.5 and float(np.median(np.abs(teacher[:2][:, edge]))) < 0.2
+    warped = DualSimilarityNet(TINY).warp(torch.from_numpy(moving)[None, None], torch.from_numpy(teacher)[None])[0, 0].numpy()
+    assert np.abs(warped - fixed)[edge].mean() < 0.3 * np.abs(moving - fixed)[edge].mean()
+
+
+def test_the_teacher_term_flips_with_the_patch_and_stops_after_its_epochs(mr_pairs):
+    config = _tiny_training(teacher_weight=2.0, teacher_fraction=0.5, epochs=2)
+    _, files = find_cases(mr_pairs, "mr")
+    case = load_paired_case(files[0], config)
+    assert case.coarse["teacher"].shape == (3, *case.coarse["x"].shape)
+    dataset = PairedPatchDataset([case], config, 16)
+    flipped = plain = 0
+    for index in range(16):
+        sample = dataset[index]
+        straight = PairedPatchDataset([case], DualSimilarityTrainingConfig(**{**config.to_dict(), "flip": False}), 16)[index]
+        if torch.equal(sample["fixed"], straight["fixed"]):
+            plain += 1
+            assert torch.equal(sample["teacher"], straight["teacher"])
+        else:
+            flipped += 1
+            expected = straight["teacher"].flip(-1) * torch.tensor([1.0, 1.0, -1.0])[:, None, None, None]
+            assert torch.equal(sample["fixed"], straight["fixed"].flip(-1)) and torch.equal(sample["teacher"], expected)
+    assert flipped and plain
+    loss_fn, net = DualSimilarityLoss(config), DualSimilarityNet(TINY)
+    batch = {k: v[None] for k, v in dataset[0].items()}
+    taught, untaught = loss_fn(net, batch, teaching=True), loss_fn(net, batch, teaching=False)
+    assert float(taught["teacher"]) > 0  # the untrained network is the identity, the teacher is not
+    assert float(taught["total"] - untaught["total"]) == pytest.approx(2.0 * float(taught["teacher"]), rel=1e-5)
 
 
 def test_monai_bending_energy_is_the_naive_formula():

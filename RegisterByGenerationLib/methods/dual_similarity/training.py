@@ -7,7 +7,12 @@ reference CT only, and its field is scored within each modality,
       + ½ (1 − NCC(input MR, warped MR paired to the reference CT))
       + λ₁ R(φ) + λ₂ ‖φ‖²,
 
-so no inter-modality metric is needed. Each case folder therefore holds, besides the
+so no inter-modality metric is needed. Optionally (``teacher_weight`` > 0, a departure
+written into the card) a warm start adds ``teacher_weight · mean((φ − φ_demons)²)``: the
+regression onto the field that mono-modal demons find between the two CTs of the pair
+(the reference CT onto the CT of the input's anatomy, :func:`teacher_field`), which the
+training computes itself from the same pairs, for the first ``teacher_fraction`` of the
+epochs; the intra-modality terms then fine-tune alone. Each case folder therefore holds, besides the
 input ``mr`` and the reference ``ct``, the CT of the input's anatomy (``ct_aligned``) and
 the MR of the reference's anatomy (``mr_reference``): ``rbg phantom --reference-mr``
 writes both; for real data, two scans of one patient, each an aligned MR/CT pair.
@@ -88,6 +93,9 @@ class DualSimilarityTrainingConfig:
     ncc_kernel: int = 9
     moving_shift_px: int = 0
     flip: bool = True
+    teacher_weight: float = 0.0
+    teacher_fraction: float = 1.0
+    teacher_smoothing_mm: float = 4.5
 
     def __post_init__(self) -> None:
         if isinstance(self.architecture, dict):
@@ -103,8 +111,10 @@ class DualSimilarityTrainingConfig:
                 raise InputError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.ncc_kernel % 2 == 0:
             raise InputError(f"ncc_kernel must be odd, got {self.ncc_kernel}")
-        if min(self.ct_weight, self.mr_weight, self.bending_weight, self.magnitude_weight, self.moving_shift_px) < 0:
+        if min(self.ct_weight, self.mr_weight, self.bending_weight, self.magnitude_weight, self.moving_shift_px, self.teacher_weight) < 0:
             raise InputError("the loss weights and moving_shift_px must be non-negative")
+        if not 0.0 <= self.teacher_fraction <= 1.0 or not self.teacher_smoothing_mm > 0:
+            raise InputError(f"teacher_fraction must lie in [0, 1] and teacher_smoothing_mm be positive, got {self.teacher_fraction!r}, {self.teacher_smoothing_mm!r}")
         if self.ct_weight + self.mr_weight <= 0:
             raise InputError("at least one of ct_weight and mr_weight must be positive (the similarity terms)")
 
@@ -126,7 +136,8 @@ class PairedCase:
     ``x``/``y``: input MR and pre-aligned reference CT; ``paired_ct``: the CT of the
     input's anatomy; ``paired_mr``: the MR of the reference's anatomy, pre-aligned with
     the reference CT; ``truth_hu``/``mask``: the aligned CT in HU and the body, for
-    validation; ``coarse``: the four images on the network's grid (``[z, y, x]``).
+    validation; ``coarse``: the four images on the network's grid (``[z, y, x]``) and,
+    with a teacher, its field ``teacher`` (``[3, z, y, x]``, coarse voxels along Z, Y, X).
     """
 
     case_id: str
@@ -204,7 +215,26 @@ def _with_coarse(case: PairedCase, config: DualSimilarityTrainingConfig) -> Pair
     factors = coarse_factors(case.spacing_zyx, config.architecture.coarse_spacing_mm)
     names = {"x": case.x, "y": case.y, "paired_ct": case.paired_ct, "paired_mr": case.paired_mr, "mask": case.mask.astype(np.float32)}
     case.coarse = {k: to_coarse(v, factors, DualSimilarityNet.size_multiple)[0, 0].numpy() for k, v in names.items()}
+    if config.teacher_weight > 0:
+        spacing = tuple(s * f for s, f in zip(case.spacing_zyx, factors))
+        case.coarse["teacher"] = teacher_field(case.to_hu(case.coarse["y"]), case.to_hu(case.coarse["paired_ct"]), spacing, config.teacher_smoothing_mm)
     return case
+
+
+def teacher_field(moving_hu: np.ndarray, fixed_hu: np.ndarray, spacing_zyx: tuple[float, float, float], smoothing_mm: float) -> np.ndarray:
+    """The displacement ``[3, z, y, x]`` (voxels along Z, Y, X; ``warped(i) = moving(i + φ(i))``,
+    the network's convention) that mono-modal demons find from one CT onto another of the
+    same grid: the warm-start target (:mod:`..refine`'s demons, CT onto CT)."""
+    from ...refine import DemonsSettings, demons_field
+
+    images = []
+    for volume in (fixed_hu, moving_hu):
+        image = sitk.GetImageFromArray(np.ascontiguousarray(volume, dtype=np.float32))
+        image.SetSpacing(tuple(float(s) for s in spacing_zyx[::-1]))
+        images.append(image)
+    settings = DemonsSettings(shrink_factors=(2, 1), iterations=(80, 40), smoothing_mm=smoothing_mm)
+    field_mm = sitk.GetArrayFromImage(demons_field(images[0], images[1], settings))  # [z, y, x, (x, y, z)] in mm
+    return (np.moveaxis(field_mm, -1, 0)[::-1] / np.asarray(spacing_zyx, dtype=np.float64)[:, None, None, None]).astype(np.float32)
 
 
 class PairedPatchDataset(torch.utils.data.Dataset):
@@ -242,14 +272,19 @@ class PairedPatchDataset(torch.utils.data.Dataset):
             "moving": crop3d(coarse["y"], moved, patch, -1.0),
             "paired_mr": crop3d(coarse["paired_mr"], moved, patch, float(coarse["paired_mr"].min())),
         }
+        if "teacher" in coarse:  # in the fixed (MR) space, like the field
+            sample["teacher"] = np.stack([crop3d(component, corner, patch, 0.0) for component in coarse["teacher"]])
         if config.flip and rng.random() < 0.5:
             sample = {k: v[..., ::-1] for k, v in sample.items()}
-        return {k: torch.from_numpy(np.ascontiguousarray(v[None])) for k, v in sample.items()}
+            if "teacher" in sample:
+                sample["teacher"] = sample["teacher"] * np.array([1, 1, -1], np.float32)[:, None, None, None]  # x flips its sign
+        return {k: torch.from_numpy(np.ascontiguousarray(v if k == "teacher" else v[None])) for k, v in sample.items()}
 
 
 class DualSimilarityLoss(torch.nn.Module):
     """``w_ct (1 − NCC(paired CT, warped CT)) + w_mr (1 − NCC(MR, warped paired MR))
-    + w_bend · bending energy + w_mag · mean(φ²)`` (local NCC and bending energy: MONAI)."""
+    + w_bend · bending energy + w_mag · mean(φ²)`` (local NCC and bending energy: MONAI),
+    plus ``w_teacher · mean((φ − φ_teacher)²)`` while ``teaching`` and the batch has one."""
 
     def __init__(self, config: DualSimilarityTrainingConfig) -> None:
         super().__init__()
@@ -259,7 +294,7 @@ class DualSimilarityLoss(torch.nn.Module):
         self.ncc = LocalNormalizedCrossCorrelationLoss(spatial_dims=3, kernel_size=config.ncc_kernel)  # returns −NCC
         self.bending = BendingEnergyLoss()
 
-    def forward(self, net: DualSimilarityNet, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(self, net: DualSimilarityNet, batch: dict[str, torch.Tensor], teaching: bool = True) -> dict[str, torch.Tensor]:
         config = self.config
         ddf = net(batch["fixed"], batch["moving"])["ddf"]
         terms = {
@@ -269,6 +304,9 @@ class DualSimilarityLoss(torch.nn.Module):
             "magnitude": ddf.pow(2).mean(),
         }
         weights = {"ct": config.ct_weight, "mr": config.mr_weight, "bending": config.bending_weight, "magnitude": config.magnitude_weight}
+        if "teacher" in batch:
+            terms["teacher"] = (ddf - batch["teacher"]).pow(2).mean()
+            weights["teacher"] = config.teacher_weight if teaching else 0.0
         terms["total"] = sum(weights[k] * v for k, v in terms.items())
         return terms
 
@@ -322,8 +360,9 @@ def train_dual_similarity(config: DualSimilarityTrainingConfig, data_dir: str | 
     net = DualSimilarityNet(config.architecture).to(torch_device)
     loss_fn = DualSimilarityLoss(config).to(torch_device)
     dataset = PairedPatchDataset(train_cases, config, config.steps_per_epoch * config.batch_size)
+    teaching_epochs = round(config.teacher_fraction * config.epochs)
     return train_epochs("dual-similarity", net, config, dataset, run, device=torch_device, resume=resume, stop_after=stop_after,
-                        terms_of=lambda batch: loss_fn(net, batch), validate=lambda: validate(net, val_cases, torch_device) if val_cases else {})  # fmt: skip
+                        terms_of=lambda batch: loss_fn(net, batch, teaching=dataset.epoch < teaching_epochs), validate=lambda: validate(net, val_cases, torch_device) if val_cases else {})  # fmt: skip
 
 
 def is_dual_similarity_run(run_dir: str | os.PathLike) -> bool:
@@ -352,6 +391,10 @@ def export_dual_similarity(run_dir: str | os.PathLike, model_dir: str | os.PathL
         "Adam instead of SGD; padded convolutions on whole volumes instead of valid convolutions on 68³ patches",
         f"the network runs on a ~{config.architecture.coarse_spacing_mm:g} mm grid of the model canvas, after our rigid pre-alignment (the paper: affine FLIRT)",
     ]  # fmt: skip
+    if config.teacher_weight > 0:
+        departures.append(f"a warm start: for the first {round(config.teacher_fraction * config.epochs)} of {config.epochs} epochs the loss adds "
+                          f"{config.teacher_weight:g} × the mean squared distance to the field that mono-modal demons find between the pair's "
+                          "two CTs (computed by the training from the same pairs); then the intra-modality similarity alone")  # fmt: skip
     supervision = ("intra-modality similarity on pre-aligned pairs (the CT of the input MR's anatomy, the MR of the reference CT's "
                    "anatomy); aligned CTs also scored the validation cases and picked the best epoch")
     metadata = model_card("dual-similarity", name, description or "Dual-similarity inter-modality registration (MR → reference CT warp)",
