@@ -68,6 +68,8 @@ def test_an_untrained_network_is_the_identity_and_refuses_bad_shapes():
         DualSimilarityConfig.from_dict({"depth": 3})
     with pytest.raises(InputError, match="trains on MR inputs"):
         DualSimilarityTrainingConfig(modality="cbct")
+    with pytest.raises(InputError, match=r"^teacher_fraction must lie in \[0, 1\]"):
+        DualSimilarityTrainingConfig(teacher_fraction=1.5)
 
 
 def test_the_field_is_diffeomorphic_when_integrated():

@@ -12,10 +12,12 @@ written into the card) a warm start adds ``teacher_weight · mean((φ − φ_dem
 regression onto the field that mono-modal demons find between the two CTs of the pair
 (the reference CT onto the CT of the input's anatomy, :func:`teacher_field`), which the
 training computes itself from the same pairs, for the first ``teacher_fraction`` of the
-epochs; the intra-modality terms then fine-tune alone. Each case folder therefore holds, besides the
-input ``mr`` and the reference ``ct``, the CT of the input's anatomy (``ct_aligned``) and
-the MR of the reference's anatomy (``mr_reference``): ``rbg phantom --reference-mr``
-writes both; for real data, two scans of one patient, each an aligned MR/CT pair.
+epochs; the intra-modality terms then fine-tune alone.
+
+Each case folder therefore holds, besides the input ``mr`` and the reference ``ct``, the
+CT of the input's anatomy (``ct_aligned``) and the MR of the reference's anatomy
+(``mr_reference``): ``rbg phantom --reference-mr`` writes both; for real data, two scans
+of one patient, each an aligned MR/CT pair.
 
 Departures, written into the model card: the field is a stationary velocity integrated
 by scaling and squaring (diffeomorphic, :mod:`.network`); NCC is MONAI's local NCC
