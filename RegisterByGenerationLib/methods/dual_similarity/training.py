@@ -120,6 +120,11 @@ class DualSimilarityTrainingConfig:
         if self.ct_weight + self.mr_weight <= 0:
             raise InputError("at least one of ct_weight and mr_weight must be positive (the similarity terms)")
 
+    @property
+    def teacher_epochs(self) -> int:
+        """The epochs (from the first) whose loss has the warm-start term."""
+        return round(self.teacher_fraction * self.epochs) if self.teacher_weight > 0 else 0
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["architecture"] = self.architecture.to_dict()
@@ -362,9 +367,8 @@ def train_dual_similarity(config: DualSimilarityTrainingConfig, data_dir: str | 
     net = DualSimilarityNet(config.architecture).to(torch_device)
     loss_fn = DualSimilarityLoss(config).to(torch_device)
     dataset = PairedPatchDataset(train_cases, config, config.steps_per_epoch * config.batch_size)
-    teaching_epochs = round(config.teacher_fraction * config.epochs)
     return train_epochs("dual-similarity", net, config, dataset, run, device=torch_device, resume=resume, stop_after=stop_after,
-                        terms_of=lambda batch: loss_fn(net, batch, teaching=dataset.epoch < teaching_epochs), validate=lambda: validate(net, val_cases, torch_device) if val_cases else {})  # fmt: skip
+                        terms_of=lambda batch: loss_fn(net, batch, teaching=dataset.epoch < config.teacher_epochs), validate=lambda: validate(net, val_cases, torch_device) if val_cases else {})  # fmt: skip
 
 
 def is_dual_similarity_run(run_dir: str | os.PathLike) -> bool:
@@ -394,7 +398,7 @@ def export_dual_similarity(run_dir: str | os.PathLike, model_dir: str | os.PathL
         f"the network runs on a ~{config.architecture.coarse_spacing_mm:g} mm grid of the model canvas, after our rigid pre-alignment (the paper: affine FLIRT)",
     ]  # fmt: skip
     if config.teacher_weight > 0:
-        departures.append(f"a warm start: for the first {round(config.teacher_fraction * config.epochs)} of {config.epochs} epochs the loss adds "
+        departures.append(f"a warm start: for the first {config.teacher_epochs} of {config.epochs} epochs the loss adds "
                           f"{config.teacher_weight:g} × the mean squared distance to the field that mono-modal demons find between the pair's "
                           "two CTs (computed by the training from the same pairs); then the intra-modality similarity alone")  # fmt: skip
     supervision = ("intra-modality similarity on pre-aligned pairs (the CT of the input MR's anatomy, the MR of the reference CT's "
