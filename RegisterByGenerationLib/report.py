@@ -182,6 +182,7 @@ def build_report(
         "method": result.method,
         "model": model.summary() if hasattr(model, "summary") else (dict(model) if model is not None else None),
         "device": str(result.device),
+        "precision": result.precision,
         "batch_size": int(result.batch_size),
         "canvas": result.canvas,
         "field_of_view": result.field_of_view,

@@ -13,7 +13,7 @@ from RegisterByGenerationLib.errors import InputError, ModelError, TensorError
 from RegisterByGenerationLib.modelstore import bundled_models_dir, find_model
 from RegisterByGenerationLib.networks import ModelConfig, build_model
 from RegisterByGenerationLib.phantoms import generate_case
-from RegisterByGenerationLib.pipeline import Pipeline, select_precision
+from RegisterByGenerationLib.pipeline import Pipeline, cpu_has_native_bfloat16, select_precision
 from RegisterByGenerationLib.threads import default_threads, set_threads
 
 BUNDLED = sorted(folder.name for folder in bundled_models_dir().iterdir() if (folder / "model.json").is_file())
@@ -93,12 +93,33 @@ def test_pipeline_turns_a_network_error_into_a_model_error(tiny_mr_model, case, 
 
 def test_precision_choices():
     cpu = torch.device("cpu")
-    assert select_precision("auto", cpu) is None and select_precision("float32", cpu) is None
+    assert select_precision("float32", cpu) is None
     assert select_precision("bfloat16", cpu) is torch.bfloat16
     with pytest.raises(InputError, match="float16 needs a GPU"):
         select_precision("float16", cpu)
     with pytest.raises(InputError, match="precision must be one of"):
         select_precision("double", cpu)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_on_the_cpu_is_bfloat16_only_where_the_cpu_computes_it(native, monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert cpu_has_native_bfloat16() is native
+    assert select_precision("auto", torch.device("cpu")) is (torch.bfloat16 if native else None)
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_the_result_names_the_precision_that_ran(precision, case, tmp_path):
+    pipeline = Pipeline(str(make_tiny_model(tmp_path / "tiny").path), device="cpu", precision=precision, prealign=False)
+    assert pipeline.run(case.input, case.reference_ct).precision == precision
+
+
+def test_a_torch_without_the_cpu_probes_reports_no_native_bfloat16(monkeypatch):
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    assert not cpu_has_native_bfloat16()
+    assert select_precision("auto", torch.device("cpu")) is None
 
 
 def test_threads_default_honours_omp_num_threads(monkeypatch):

@@ -42,6 +42,7 @@ def _result(case, reference_on_input, transform=None) -> PipelineResult:
         transform=transform,
         timings={"prealign_s": 1.5, "preprocess_s": 0.25, "generate_s": 3.0, "postprocess_s": 0.125},
         device="cpu",
+        precision="bfloat16",
         batch_size=4,
         canvas={"canvas_shape_zhw": [24, 64, 96]},
     )
@@ -65,7 +66,7 @@ def test_build_report_records_the_run(case, reference_on_input, tiny_mr_model, t
     assert reference["size"] == list(case.reference_ct.GetSize()) and reference["path"] == "in/ct.nii.gz"
     assert reference["intensity"]["min"] <= reference["intensity"]["p50"] <= reference["intensity"]["max"]
     assert report["model"]["name"] == info.name and report["model"]["sha256"] == info.sha256 and report["model"]["version"] == "0.0.0"
-    assert report["device"] == "cpu" and report["batch_size"] == 4
+    assert report["device"] == "cpu" and report["precision"] == "bfloat16" and report["batch_size"] == 4
     assert report["timings_s"] == {"prealign_s": 1.5, "preprocess_s": 0.25, "generate_s": 3.0, "postprocess_s": 0.125, "bones_s": 0.5}
     assert report["total_s"] == pytest.approx(5.375)
     assert report["memory"]["peak_rss_mib"] > 10 and report["memory"]["cuda_max_allocated_mib"] is None
