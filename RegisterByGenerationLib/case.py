@@ -19,8 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import SimpleITK as sitk
+
 from .errors import Cancelled, InputMismatchError, OutputError
 from .io import check_writable_dir, missing_folders, read_image, remove_empty_folders, write_image
+from .mask import body_mask
 from .pipeline import OUTPUT_FILES, Pipeline, PipelineResult
 from .progress import ProgressCallback, SubProgress
 
@@ -96,14 +99,18 @@ def process_case(
 
     result = pipeline.run(input_image, reference_ct, progress=SubProgress(report, 0.0, 0.85), cancel=cancel, keep_intermediate=save_intermediate,
                           input_name=str(input_path), reference_name=str(reference_path))  # fmt: skip
-    bone_result, bone_seconds = None, 0.0
+    # The pseudo-CT's body mask, computed once for the threshold bones and the report's metrics.
+    start = time.perf_counter()
+    body = body_mask(result.pseudo_ct, modality="ct")
+    timings = {"body_mask_s": time.perf_counter() - start}
+    bone_result = None
     if bones != "none":
         if cancel is not None and cancel.is_set():
             raise Cancelled("stopped before bone segmentation")
         report(0.85, "bones", f"bone segmentation ({bones})")
         start = time.perf_counter()
-        bone_result = segment_bones(result.pseudo_ct, bones, device=pipeline.device)
-        bone_seconds = time.perf_counter() - start
+        bone_result = segment_bones(result.pseudo_ct, bones, device=pipeline.device, body=body)
+        timings["bones_s"] = time.perf_counter() - start
 
     report(0.93, "report", "writing outputs, overview and report")
     created = missing_folders(out_dir)
@@ -127,7 +134,8 @@ def process_case(
             reference_path=reference_path,
             modality=pipeline.modality,
             bones=bone_result,
-            extra_timings={"bones_s": bone_seconds} if bone_result is not None else None,
+            mask=body if sitk.GetArrayViewFromImage(body).any() else None,  # None: the report's error names the pseudo-CT
+            extra_timings=timings,
             outputs=final,
         )
         staged["report"] = write_report(run_report, staging / REPORT_FILE)

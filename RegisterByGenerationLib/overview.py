@@ -26,7 +26,7 @@ from .bone_labels import BONE_COLORS, BONE_LABELS
 from .errors import OutputError
 from .geometry import to_axial
 from .io import atomic_path, same_geometry
-from .mask import body_mask
+from .mask import coarse_body_mask
 
 __all__ = ["CT_WINDOW_HU", "OVERVIEW_FILE", "render_overview"]
 
@@ -84,7 +84,7 @@ def render_overview(
     labels = None if bones is None else _array(bones).astype(np.uint8)
     spacing = to_axial(pseudo_ct).GetSpacing()  # x, y, z of the canonical arrays
     z, y = _slices(volumes["pseudo_ct"], labels)
-    input_window = _percentile_window(volumes["input"], _array(body_mask(input_image, modality=modality)) > 0)
+    input_window = _percentile_window(volumes["input"], _array(coarse_body_mask(input_image, modality=modality)) > 0)
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

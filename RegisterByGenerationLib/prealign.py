@@ -27,7 +27,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputMismatchError
-from .mask import MODALITIES, body_mask
+from .mask import MODALITIES, coarse_body_mask
 
 __all__ = ["START_MARGIN", "STARTS", "physical_overlap", "check_overlap", "rigid_prealign", "orientation_change"]
 
@@ -36,7 +36,6 @@ logger = logging.getLogger(__name__)
 _HISTOGRAM_BINS = 50
 _SHRINK_FACTORS = (4, 2, 1)
 _SMOOTHING_SIGMAS_MM = (2.0, 1.0, 0.0)
-_MASK_SPACING_MM = 5.0
 _MIN_STEP_MM = 0.01
 #: Start rotations (Euler angles about x, y, z in LPS, radians): the identity and a half
 #: turn about the left-right, anterior-posterior and inferior-superior axes.
@@ -154,7 +153,7 @@ def rigid_prealign(
     fixed = sitk.Cast(fixed, sitk.sitkFloat32)
     moving = sitk.Cast(moving, sitk.sitkFloat32)
     if fixed_mask is None:
-        fixed_mask = _sampling_mask(fixed, fixed_modality)
+        fixed_mask = coarse_body_mask(fixed, modality=fixed_modality)  # sampling needs no finer mask
     fixed_mask = sitk.Cast(fixed_mask != 0, sitk.sitkUInt8)
     fixed_mask.CopyInformation(fixed)
     registration = _registration_method(fixed_mask, seed, sampling, max_iterations)
@@ -277,14 +276,6 @@ def _global_itk_threads(threads: int) -> Iterator[None]:
         yield
     finally:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous)
-
-
-def _sampling_mask(fixed: sitk.Image, modality: str) -> sitk.Image:
-    """Body mask of ``fixed`` computed at about 5 mm voxels (fast; sampling needs no more) and
-    brought back to ``fixed``'s grid by nearest neighbour."""
-    factors = [max(1, int(round(_MASK_SPACING_MM / s))) for s in fixed.GetSpacing()]
-    coarse = body_mask(sitk.Shrink(fixed, factors), modality=modality)
-    return sitk.Resample(coarse, fixed, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
 
 
 def _initial_transform(registration: sitk.ImageRegistrationMethod, fixed: sitk.Image, moving: sitk.Image, angles) -> sitk.Euler3DTransform:

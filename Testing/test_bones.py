@@ -13,6 +13,7 @@ from RegisterByGenerationLib.bone_labels import BONE_COLORS, BONE_LABELS, GENERI
 from RegisterByGenerationLib.bones import BoneResult, segment_bones, threshold_bones, write_bone_outputs
 from RegisterByGenerationLib.bones import totalsegmentator as ts
 from RegisterByGenerationLib.errors import ModelError
+from RegisterByGenerationLib.mask import body_mask
 from RegisterByGenerationLib.metrics.segmentation import dice
 
 # Measured on this case (seed 2, 2.2 mm pixels, 3.5 mm slices, phantom 1.0): overall
@@ -65,6 +66,16 @@ def test_threshold_bones_left_is_patient_left_in_any_orientation(phantom, phanto
     # Patient left is +x (LPS): the left hip and femur lie at larger x than the right ones.
     assert _centroid_mm(labels_flipped, label_of("hip_left"))[0] > _centroid_mm(labels_flipped, label_of("hip_right"))[0]
     assert _centroid_mm(labels_flipped, label_of("femur_left"))[0] > _centroid_mm(labels_flipped, label_of("femur_right"))[0]
+
+
+def test_threshold_bones_take_the_callers_body_mask_in_its_orientation(phantom, phantom_labels):
+    # A run computes the pseudo-CT's body mask once for the bones and the report; given on
+    # the CT's own (here non-canonical) grid, it gives the labels computed without it.
+    flipped = sitk.DICOMOrient(phantom.ct_aligned, "RAS")
+    given, _ = threshold_bones(flipped, body=body_mask(flipped, modality="ct"))
+    assert np.array_equal(sitk.GetArrayFromImage(given), sitk.GetArrayFromImage(threshold_bones(flipped)[0]))
+    with pytest.raises(ValueError, match="body must be on ct's grid"):
+        threshold_bones(flipped, body=body_mask(flipped[:, :, 1:], modality="ct"))
 
 
 def test_threshold_bones_real_ct_gives_plausible_labels(real_ct):

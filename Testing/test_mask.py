@@ -7,6 +7,7 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
+from RegisterByGenerationLib import mask as mask_module
 from RegisterByGenerationLib.mask import body_mask
 
 
@@ -101,3 +102,30 @@ def test_invalid_modality_and_dimension():
         body_mask(image, modality="pet")
     with pytest.raises(ValueError, match="3D"):
         body_mask(image[:, :, 0], modality="ct")
+
+
+def _whole_grid_body(image: sitk.Image, modality: str) -> np.ndarray:
+    """The body steps run on the whole grid, as before the bounding-box crop."""
+    foreground = mask_module._threshold(sitk.Cast(image, sitk.sitkFloat32), modality)
+    radius = mask_module._radius_voxels(image, mask_module._MORPHOLOGY_RADIUS_MM)
+    return mask_module._body_in(foreground, radius, mask_module.axial_axis(image))
+
+
+@pytest.mark.parametrize("modality", ["ct", "mr"])
+@pytest.mark.parametrize("crop", ["none", "touching the grid's faces"])
+def test_the_bounding_box_crop_gives_the_whole_grid_mask_exactly(modality, crop):
+    image, _ = phantom(modality, seed=3)
+    if crop != "none":  # the body cut by the grid on both sides in x and at the top slice
+        image = image[12:68, :, 2:]
+    assert np.array_equal(sitk.GetArrayFromImage(body_mask(image, modality=modality)), _whole_grid_body(image, modality))
+
+
+def test_the_bounding_box_crop_is_exact_on_the_real_ct(real_ct):
+    assert np.array_equal(sitk.GetArrayFromImage(body_mask(real_ct, modality="ct")), _whole_grid_body(real_ct, "ct"))
+
+
+def test_an_image_without_foreground_gives_an_empty_mask_on_its_grid():
+    image = sitk.GetImageFromArray(np.full((8, 16, 16), -1000.0, dtype=np.float32))
+    image.SetOrigin((1.0, 2.0, 3.0))
+    mask = body_mask(image, modality="ct")
+    assert not sitk.GetArrayViewFromImage(mask).any() and mask.GetOrigin() == image.GetOrigin() and mask.GetSize() == image.GetSize()

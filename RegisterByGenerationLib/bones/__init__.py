@@ -73,7 +73,7 @@ class BoneResult:
         return {"method": self.method, "note": self.note, "volumes_ml": self.volumes_ml(), "details": self.details}
 
 
-def segment_bones(pseudo_ct: sitk.Image, method: str = "auto", *, device: Any = "cpu", fast: bool = True) -> BoneResult:
+def segment_bones(pseudo_ct: sitk.Image, method: str = "auto", *, device: Any = "cpu", fast: bool = True, body: sitk.Image | None = None) -> BoneResult:
     """Label the pelvic bones of a pseudo-CT.
 
     Args:
@@ -84,6 +84,7 @@ def segment_bones(pseudo_ct: sitk.Image, method: str = "auto", *, device: Any = 
             the reason in ``BoneResult.note``.
         device: for TotalSegmentator: ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto``.
         fast: for TotalSegmentator: the 3 mm model (``--fast``) rather than 1.5 mm.
+        body: for the threshold method: the pseudo-CT's body mask, if already computed.
 
     Returns:
         The :class:`BoneResult`; its label map is on ``pseudo_ct``'s exact grid.
@@ -101,13 +102,13 @@ def segment_bones(pseudo_ct: sitk.Image, method: str = "auto", *, device: Any = 
         if usable:
             method = "totalsegmentator"
         else:
-            labels, details = threshold_bones(pseudo_ct)
+            labels, details = threshold_bones(pseudo_ct, body=body)
             return BoneResult(labels, "threshold", note=reason, details=details)
     if method == "totalsegmentator":
         labels = run_totalsegmentator(pseudo_ct, device=device, fast=fast)
         return BoneResult(labels, "totalsegmentator", details={"fast": bool(fast)})
     elif method == "threshold":
-        labels, details = threshold_bones(pseudo_ct)
+        labels, details = threshold_bones(pseudo_ct, body=body)
         return BoneResult(labels, "threshold", details=details)
     else:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")

@@ -128,12 +128,16 @@ class _Frame:
         return self.origin + self.direction @ (np.asarray(self.spacing_zyx[::-1]) * index_xyz)
 
 
-def threshold_bones(ct: sitk.Image, settings: ThresholdSettings | None = None) -> tuple[sitk.Image, dict[str, Any]]:
+def threshold_bones(
+    ct: sitk.Image, settings: ThresholdSettings | None = None, *, body: sitk.Image | None = None
+) -> tuple[sitk.Image, dict[str, Any]]:
     """Label the pelvic bones of a CT (or pseudo-CT) by threshold, landmarks and watershed.
 
     Args:
         ct: 3D volume in HU, any orientation.
         settings: parameters; defaults suit adult pelvis CTs of 0.5-3 mm voxels.
+        body: ``body_mask(ct, modality="ct")`` when the caller has it already (a run
+            computes it once for the bones and the report); None computes it.
 
     Returns:
         ``(labels, info)``: a uint8 label map with :data:`BONE_LABELS` values on ``ct``'s
@@ -141,15 +145,18 @@ def threshold_bones(ct: sitk.Image, settings: ThresholdSettings | None = None) -
         labelled generic in ml) for the report.
 
     Raises:
-        ValueError: ``ct`` is not 3D.
+        ValueError: ``ct`` is not 3D, or ``body`` is not on its grid.
     """
     if ct.GetDimension() != 3:
         raise ValueError(f"ct must be a 3D image, got {ct.GetDimension()}D")
+    if body is not None and body.GetSize() != ct.GetSize():
+        raise ValueError(f"body must be on ct's grid {ct.GetSize()}, got size {body.GetSize()}")
     settings = settings or ThresholdSettings()
     axial = to_axial(sitk.Cast(ct, sitk.sitkFloat32))
     frame = _Frame.of(axial)
     voxel_mm3 = float(np.prod(frame.spacing_zyx))
-    bone = _bone_mask(axial, frame, settings)
+    axial_body = body_mask(axial, modality="ct") if body is None else to_axial(sitk.Cast(body, sitk.sitkUInt8))
+    bone = _bone_mask(axial, axial_body, frame, settings)
     labels = np.zeros(frame.shape, dtype=np.uint8)
     info: dict[str, Any] = {"threshold_hu": settings.threshold_hu, "bone_ml": float(bone.sum() * voxel_mm3 / 1000)}
     if bone.any():
@@ -170,10 +177,9 @@ def threshold_bones(ct: sitk.Image, settings: ThresholdSettings | None = None) -
     return from_axial(result, ct), info
 
 
-def _bone_mask(axial: sitk.Image, frame: _Frame, settings: ThresholdSettings) -> np.ndarray:
+def _bone_mask(axial: sitk.Image, body: sitk.Image, frame: _Frame, settings: ThresholdSettings) -> np.ndarray:
     """Threshold inside the body, closing, small holes filled per slice, small pieces removed."""
-    body = body_mask(axial, modality="ct")
-    bone_image = sitk.And(sitk.BinaryThreshold(axial, settings.threshold_hu, float("inf"), 1, 0), body)
+    bone_image = sitk.And(sitk.BinaryThreshold(axial, settings.threshold_hu, float("inf"), 1, 0), body != 0)
     radius = [int(round(settings.closing_radius_mm / s)) for s in axial.GetSpacing()]
     if any(radius):
         bone_image = sitk.BinaryMorphologicalClosing(bone_image, radius, sitk.sitkBall)
