@@ -275,3 +275,19 @@ def test_bone_outputs_reject_foreign_labels_before_writing(tmp_path):
     with pytest.raises(ValueError, match="not bone labels"):
         write_bone_outputs(labels, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("where", ["inside", "touching the grid's faces", "empty"])
+def test_distance_to_background_on_the_bounding_box_is_scipys_on_the_whole_grid(where):
+    from scipy import ndimage
+
+    from RegisterByGenerationLib.bones.threshold import _distance_to_background
+
+    rng = np.random.default_rng(5)
+    mask = np.zeros((20, 30, 40), dtype=bool)
+    if where == "inside":
+        mask[5:12, 8:20, 10:31] = rng.random((7, 12, 21)) > 0.2
+    elif where != "empty":
+        mask[:9, 20:, :7] = rng.random((9, 10, 7)) > 0.2
+    expected = ndimage.distance_transform_edt(mask, sampling=(3.0, 0.8, 0.9)).astype(np.float32)
+    assert np.array_equal(_distance_to_background(mask, (3.0, 0.8, 0.9)), expected)

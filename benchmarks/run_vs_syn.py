@@ -73,8 +73,9 @@ def main() -> int:
     print(f"case {image} (size {report['inputs']['input'].get('size')}), {args.threads} threads, model {report['model']['name']}")
     for name, values in times.items():
         print(f"{name:9}: " + ", ".join(f"{v:.1f}" for v in values) + f" s (median {statistics.median(values):.1f} s)")
-    ratio = statistics.median(times["rbg run"]) / statistics.median(times["ANTs SyN"])
-    print(f"ratio rbg run ({args.precision}) / SyN: {ratio:.2f}")
+    for precision in precisions:
+        ratio = statistics.median(times[names[precision]]) / statistics.median(times["ANTs SyN"])
+        print(f"ratio rbg run ({precision}) / SyN: {ratio:.2f}")
     print("rbg run stages (last run): " + ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in report["timings_s"].items()))
     return 0
 

@@ -217,7 +217,7 @@ def _seeds(bone: np.ndarray, raw: np.ndarray, frame: _Frame, settings: Threshold
     x = frame.coordinate(0)
     bone_x = x[bone]
     midline = float(np.median(bone_x))
-    distance = ndimage.distance_transform_edt(bone, sampling=frame.spacing_zyx).astype(np.float32)
+    distance = _distance_to_background(bone, frame.spacing_zyx)
 
     heads: dict[str, tuple[np.ndarray, float]] = {}
     for side, sign in (("left", 1.0), ("right", -1.0)):
@@ -294,6 +294,19 @@ def _seeds(bone: np.ndarray, raw: np.ndarray, frame: _Frame, settings: Threshold
         seeds[spine & (z > lumbosacral + _DISC_MARGIN_MM) & (z < l4_l5 - _DISC_MARGIN_MM)] = label_of("vertebrae_L5")
         seeds[spine & (z > l4_l5 + _DISC_MARGIN_MM)] = _OTHER
     return seeds
+
+
+def _distance_to_background(mask: np.ndarray, spacing_zyx) -> np.ndarray:
+    """``ndimage.distance_transform_edt(mask)`` as float32, computed on the mask's bounding
+    box grown by one voxel of background: the same distances (the grown box's faces are
+    background, nearer than anything beyond them) at the cost of the bones, not the grid."""
+    distance = np.zeros(mask.shape, dtype=np.float32)
+    present = np.nonzero(mask)
+    if not present[0].size:
+        return distance
+    box = tuple(slice(max(0, int(i.min()) - 1), int(i.max()) + 2) for i in present)
+    distance[box] = ndimage.distance_transform_edt(mask[box], sampling=spacing_zyx)
+    return distance
 
 
 def _discs(bone: np.ndarray, raw: np.ndarray, threshold: float, frame: _Frame, midline: float, head_y: float, z_min: float) -> list[float]:
