@@ -108,7 +108,7 @@ class Precision(enum.Enum):
     AUTO, FLOAT32, BFLOAT16 = "auto", "float32", "bfloat16"
 
     def label(self):
-        return {"auto": _("Automatic (mixed on GPU)"), "float32": _("Float32"), "bfloat16": _("BFloat16")}[self.value]
+        return {"auto": _("Automatic (mixed on GPU or bfloat16 CPU)"), "float32": _("Float32"), "bfloat16": _("BFloat16")}[self.value]
 
 
 class BoneMethod(enum.Enum):

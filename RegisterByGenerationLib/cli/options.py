@@ -35,7 +35,7 @@ def add_compute_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA, else the CPU), cpu, cuda, cuda:N or mps (opt-in, unverified) (default: auto)")
     parser.add_argument(
         "--precision", choices=_PRECISIONS, default="auto",
-        help="arithmetic of the networks' convolutions: auto (mixed bfloat16/float16 on CUDA, float32 elsewhere), "
+        help="arithmetic of the networks' convolutions: auto (mixed bfloat16/float16 on CUDA, bfloat16 on a CPU with native bfloat16, float32 elsewhere), "
         "float32, bfloat16 or float16 (inputs, flows and the pseudo-CT are float32 in every case; default: auto)",
     )  # fmt: skip
     parser.add_argument(
