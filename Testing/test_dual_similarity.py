@@ -15,7 +15,7 @@ import torch
 from RegisterByGenerationLib.errors import InputError, InputMismatchError, ModelError
 from RegisterByGenerationLib.methods.dual_similarity import DualSimilarityConfig, DualSimilarityNet
 from RegisterByGenerationLib.methods.dual_similarity.field import canvas_displacement, to_coarse
-from RegisterByGenerationLib.methods.dual_similarity.network import coarse_factors
+from RegisterByGenerationLib.methods.dual_similarity.network import coarse_factors, mind_descriptors
 from RegisterByGenerationLib.methods.dual_similarity.training import (
     DualSimilarityLoss,
     DualSimilarityTrainingConfig,
@@ -70,6 +70,38 @@ def test_an_untrained_network_is_the_identity_and_refuses_bad_shapes():
         DualSimilarityTrainingConfig(modality="cbct")
     with pytest.raises(InputError, match=r"^teacher_fraction must lie in \[0, 1\]"):
         DualSimilarityTrainingConfig(teacher_fraction=1.5)
+
+
+def test_mind_descriptors_are_the_naive_formula_and_ignore_contrast():
+    rng = np.random.default_rng(4)
+    volume = rng.normal(size=(6, 7, 8))
+    got = mind_descriptors(torch.from_numpy(volume)[None, None])[0].numpy()
+    padded = np.pad(volume, 1, mode="edge")
+    distances = []
+    for axis in range(3):
+        for step in (-1, 1):
+            shifted = np.roll(padded, -step, axis=axis)[1:-1, 1:-1, 1:-1]  # the neighbour at +step, edge-replicated
+            squared = np.pad((volume - shifted) ** 2, 1, mode="edge")
+            box = sum(squared[a : a + 6, b : b + 7, c : c + 8] for a in range(3) for b in range(3) for c in range(3)) / 27
+            distances.append(box)
+    distance = np.stack(distances)
+    variance = distance.mean(axis=0)
+    variance = np.maximum(variance, 1e-3 * variance.mean() + 1e-12)
+    expected = np.exp(-distance / variance)
+    np.testing.assert_allclose(got, expected / expected.max(axis=0), rtol=1e-10, atol=1e-12)
+    # An MR and a CT of one structure differ by their contrast; MIND does not see it.
+    again = mind_descriptors(torch.from_numpy(-3.0 * volume + 40.0)[None, None])[0].numpy()
+    np.testing.assert_allclose(again, got, rtol=1e-9, atol=1e-12)
+
+
+def test_a_mind_network_reads_twelve_channels_and_starts_as_the_identity():
+    net = DualSimilarityNet(DualSimilarityConfig(channels=(4, 8, 8), input_features="mind")).eval()
+    assert net.encode0[0].in_channels == 12
+    x = torch.randn(1, 1, 8, 16, 12)
+    assert torch.count_nonzero(net(x, torch.randn_like(x))["ddf"]) == 0
+    assert DualSimilarityConfig.from_dict(net.config.to_dict()).input_features == "mind"
+    with pytest.raises(InputError, match="^dual_similarity input_features must be one of intensity, mind, got 'edges'$"):
+        DualSimilarityConfig(input_features="edges")
 
 
 def test_the_field_is_diffeomorphic_when_integrated():

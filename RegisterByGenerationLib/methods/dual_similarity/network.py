@@ -18,6 +18,12 @@ one CPU thread than this plain U-Net of the paper, and ``UNet`` without residual
 ends in a strided transposed convolution with no full-resolution convolution after the
 last skip.
 
+With ``input_features`` ``"mind"`` (a departure) the network reads, instead of the two
+intensities, each image's MIND descriptor (:func:`mind_descriptors`): six channels that
+describe local self-similarity and are the same for an MR and a CT of the same
+structure whatever their contrast, so the network need not learn the MR↔CT intensity
+relation before it can find correspondences.
+
 Tensors are ``[B, C, Z, Y, X]``; displacements are in coarse voxels along (Z, Y, X),
 MONAI's ``Warp`` convention: ``warped(i) = moving(i + ddf(i))``.
 """
@@ -34,7 +40,10 @@ from torch import nn
 
 from ...errors import InputError
 
-__all__ = ["DualSimilarityConfig", "DualSimilarityNet", "coarse_factors"]
+__all__ = ["DualSimilarityConfig", "DualSimilarityNet", "INPUT_FEATURES", "coarse_factors", "mind_descriptors"]
+
+#: What the network reads: the two intensity volumes, or their MIND descriptors.
+INPUT_FEATURES = ("intensity", "mind")
 
 
 @dataclass
@@ -48,12 +57,14 @@ class DualSimilarityConfig:
         integration_steps: scaling-and-squaring steps of the velocity field (0: the
             output is the displacement itself, not diffeomorphic).
         patch: ``(Z, Y, X)`` coarse voxels of a training patch (multiples of 4).
+        input_features: one of :data:`INPUT_FEATURES`.
     """
 
     channels: tuple[int, int, int] = (16, 32, 64)
     coarse_spacing_mm: float = 3.0
     integration_steps: int = 7
     patch: tuple[int, int, int] = (32, 64, 64)
+    input_features: str = "intensity"
     kind: str = field(default="dual_similarity", init=False)
 
     def __post_init__(self) -> None:
@@ -67,6 +78,8 @@ class DualSimilarityConfig:
             raise InputError(f"dual_similarity coarse_spacing_mm must be positive, got {self.coarse_spacing_mm!r}")
         if not isinstance(self.integration_steps, int) or self.integration_steps < 0:
             raise InputError(f"dual_similarity integration_steps must be a non-negative integer, got {self.integration_steps!r}")
+        if self.input_features not in INPUT_FEATURES:
+            raise InputError(f"dual_similarity input_features must be one of {', '.join(INPUT_FEATURES)}, got {self.input_features!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
@@ -84,6 +97,34 @@ class DualSimilarityConfig:
 def coarse_factors(spacing_zyx: tuple[float, float, float], coarse_spacing_mm: float) -> tuple[int, int, int]:
     """Voxels averaged per coarse voxel along (Z, Y, X): ``round(coarse / spacing)``, at least 1."""
     return tuple(max(1, round(coarse_spacing_mm / float(s))) for s in spacing_zyx)
+
+
+def mind_descriptors(volume: torch.Tensor) -> torch.Tensor:
+    """``[B, 1, Z, Y, X]`` → ``[B, 6, Z, Y, X]`` in (0, 1]: the modality independent
+    neighbourhood descriptor (MIND; Heinrich et al., Med Image Anal 2012) on the six-voxel
+    neighbourhood: ``exp(−D_r / V)`` with ``D_r`` the 3×3×3 mean of the squared difference
+    to the neighbour at offset ``r`` and ``V`` the mean of the six, each voxel's channels
+    divided by their maximum. Unchanged when the intensities are scaled or shifted.
+
+    Written here because MONAI has no MIND; it is a dozen tensor operations.
+    """
+    z, y, x = volume.shape[2:]
+    padded = F.pad(volume, (1, 1, 1, 1, 1, 1), mode="replicate")
+    distances = []
+    for axis in range(3):
+        for step in (-1, 1):
+            start = [1, 1, 1]
+            start[axis] += step
+            neighbour = padded[:, :, start[0] : start[0] + z, start[1] : start[1] + y, start[2] : start[2] + x]
+            squared = F.pad((volume - neighbour) ** 2, (1, 1, 1, 1, 1, 1), mode="replicate")
+            distances.append(F.avg_pool3d(squared, 3, stride=1))
+    distance = torch.cat(distances, dim=1)
+    variance = distance.mean(dim=1, keepdim=True)
+    # Flat regions (air, the padding) have no variance: bound it below by a small share of
+    # the volume's mean, as the MIND paper does, so noise there does not dominate.
+    floor = 1e-3 * variance.mean(dim=(2, 3, 4), keepdim=True) + 1e-12
+    mind = torch.exp(-distance / torch.maximum(variance, floor))
+    return mind / mind.amax(dim=1, keepdim=True)
 
 
 def _block(inputs: int, outputs: int) -> nn.Sequential:
@@ -106,7 +147,8 @@ class DualSimilarityNet(nn.Module):
         super().__init__()
         self.config = config or DualSimilarityConfig()
         c0, c1, c2 = self.config.channels
-        self.encode0, self.encode1, self.encode2 = _block(2, c0), _block(c0, c1), _block(c1, c2)
+        inputs = 2 if self.config.input_features == "intensity" else 12
+        self.encode0, self.encode1, self.encode2 = _block(inputs, c0), _block(c0, c1), _block(c1, c2)
         self.decode1, self.decode0 = _block(c2 + c1, c1), _block(c1 + c0, c0)
         self.head = nn.Conv3d(c0, 3, 1)
         nn.init.zeros_(self.head.weight)
@@ -117,7 +159,12 @@ class DualSimilarityNet(nn.Module):
     def forward(self, fixed: torch.Tensor, moving: torch.Tensor) -> dict[str, torch.Tensor]:
         if any(n % self.size_multiple for n in fixed.shape[2:]):
             raise InputError(f"dual_similarity: the coarse volume {tuple(fixed.shape[2:])} must be a multiple of 4 along every axis")
-        level0 = self.encode0(torch.cat([fixed, moving], dim=1))
+        if self.config.input_features == "mind":
+            with torch.autocast(fixed.device.type, enabled=False):
+                features = torch.cat([mind_descriptors(fixed.float()), mind_descriptors(moving.float())], dim=1)
+        else:
+            features = torch.cat([fixed, moving], dim=1)
+        level0 = self.encode0(features)
         level1 = self.encode1(F.max_pool3d(level0, 2))
         level2 = self.encode2(F.max_pool3d(level1, 2))
         up1 = self.decode1(torch.cat([F.interpolate(level2, size=level1.shape[2:], mode="trilinear"), level1], dim=1))

@@ -397,6 +397,9 @@ def export_dual_similarity(run_dir: str | os.PathLike, model_dir: str | os.PathL
         "Adam instead of SGD; padded convolutions on whole volumes instead of valid convolutions on 68³ patches",
         f"the network runs on a ~{config.architecture.coarse_spacing_mm:g} mm grid of the model canvas, after our rigid pre-alignment (the paper: affine FLIRT)",
     ]  # fmt: skip
+    if config.architecture.input_features == "mind":
+        departures.append("the network reads each image's MIND descriptor (six self-similarity channels, contrast-independent) "
+                          "instead of the MR and CT intensities")  # fmt: skip
     if config.teacher_weight > 0:
         departures.append(f"a warm start: for the first {config.teacher_epochs} of {config.epochs} epochs the loss adds "
                           f"{config.teacher_weight:g} × the mean squared distance to the field that mono-modal demons find between the pair's "
