@@ -43,6 +43,8 @@ def test_cli_run_writes_every_output_with_the_input_geometry(tiny_mr_model, case
     assert final["stage"] == "finished"
     expected = {"pseudo_ct", "stage1", "flow_magnitude", "reference_prealigned", "labelmap", "segmentation", "overview", "report"}
     assert set(final["result"]["outputs"]) == expected
+    assert final["result"]["precision"] in ("float32", "bfloat16")  # auto: bfloat16 only on a CPU with it natively
+    assert set(final["result"]["timings_s"]) >= {"prealign_s", "generate_s", "body_mask_s", "bones_s"}
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["pseudo_ct.nii.gz", "stage1.nii.gz", "flow_magnitude_mm.nii.gz", "reference_prealigned.nii.gz", "bones.nii.gz", "bones.seg.nrrd", "overview.png", "report.json"]
     )

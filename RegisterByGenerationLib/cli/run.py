@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
             progress.close()
     report = outputs.report
     if args.progress == "json":
-        summary = {"outputs": {name: str(path) for name, path in outputs.paths.items()}, "method": pipeline.method.name, "model": pipeline.name, "device": report["device"], "timings_s": report["timings_s"]}
+        summary = {"outputs": {name: str(path) for name, path in outputs.paths.items()}, "method": pipeline.method.name, "model": pipeline.name, "device": report["device"], "precision": report["precision"], "timings_s": report["timings_s"]}
         print(json.dumps({"fraction": 1.0, "stage": "finished", "message": "outputs written", "result": summary}), flush=True)
         return 0
     print(f"pseudo-CT written to {outputs.paths['pseudo_ct']}", file=sys.stderr)
@@ -79,5 +79,5 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {name}: {path}", file=sys.stderr)
     timing = ", ".join(f"{name[:-2]} {seconds:.1f} s" for name, seconds in report["timings_s"].items())
     what = pipeline.method.name + (f" (model {pipeline.info.name})" if pipeline.info is not None else "")
-    print(f"{what} on {report['device']}: {timing}; bones: {report['bones']['method']}", file=sys.stderr)
+    print(f"{what} on {report['device']} ({report['precision']}): {timing}; bones: {report['bones']['method']}", file=sys.stderr)
     return 0
