@@ -264,7 +264,7 @@ class Pipeline:
         checkpoint(f"method {self.method.name}")
         start = time.perf_counter()
         inputs = MethodInputs(input_image, reference_ct, reference_on_input, self.modality, self.seed, keep_intermediate,
-                              SubProgress(report, 0.15, 0.95), checkpoint)  # fmt: skip
+                              SubProgress(report, 0.15, 0.95), checkpoint, transform)  # fmt: skip
         output = self.method.generate(inputs)
         timings["generate_s"] = time.perf_counter() - start
         generated = output.image

@@ -312,3 +312,34 @@ def test_benchmark_reports_the_folded_fraction_of_dual_similarity(dual_run, mr_p
     assert again[1]["fold_fraction"] == pytest.approx(by_method["dual-similarity"]["fold_fraction"], abs=1e-6)
     skipped = run_benchmark(data, tmp_path / "out2", methods=("dual-similarity",), threads=1, progress=lambda line: None)
     assert skipped[0]["note"].startswith("skipped: no mr dual-similarity model installed (--dual-similarity-model)")
+
+
+def test_the_reference_is_resampled_once_through_the_prealignment_and_the_field(dual_run, mr_pairs, tmp_path, monkeypatch):
+    # Pre-alignment half a voxel along x, field half a voxel back: one resampling through
+    # both gives the reference's own voxels; resampling the pre-aligned copy again would
+    # average neighbours twice.
+    from RegisterByGenerationLib.methods import dual_similarity as package
+    from RegisterByGenerationLib.methods.base import MethodInputs
+    from RegisterByGenerationLib.methods.dual_similarity import method as method_module
+
+    info = export_dual_similarity(dual_run, tmp_path / "model", name="tiny-dual")
+    case = sorted(p for p in mr_pairs.iterdir() if p.is_dir())[0]
+    mr, ct = sitk.ReadImage(str(case / "mr.nii.gz")), sitk.ReadImage(str(case / "ct.nii.gz"))
+    reference = sitk.Resample(ct, mr, sitk.Transform(), sitk.sitkNearestNeighbor, -1024.0, sitk.sitkFloat32)  # on the MR's grid
+    half = 0.5 * mr.GetSpacing()[0]
+    prealign = sitk.Euler3DTransform()
+    prealign.SetTranslation((half, 0.0, 0.0))
+    on_input = sitk.Resample(reference, mr, prealign, sitk.sitkLinear, -1024.0, sitk.sitkFloat32)
+
+    def half_voxel_back(net, x, y, spacing_zyx, **_):
+        ddf = np.zeros((3, *x.shape), np.float32)
+        ddf[2] = -half / spacing_zyx[2]  # canvas voxels along x
+        return ddf, (1, 1, 1)
+
+    monkeypatch.setattr(method_module, "canvas_displacement", half_voxel_back)
+    method = package.DualSimilarityMethod(info, device=torch.device("cpu"), autocast_dtype=None, batch_size=None, threads=1)
+    inputs = MethodInputs(mr, reference, on_input, "mr", 0, False, lambda *a: None, lambda what: None, prealign)
+    warped = sitk.GetArrayFromImage(method.generate(inputs).image)
+    truth = sitk.GetArrayFromImage(reference)
+    inner = (slice(None), slice(None), slice(2, -2))  # away from the x faces, where the shift leaves the grid
+    np.testing.assert_allclose(warped[inner], truth[inner], atol=1e-2)

@@ -38,6 +38,9 @@ class MethodInputs:
             within the method's share of the run (the pipeline scales it).
         checkpoint: ``checkpoint(what)`` raises ``Cancelled`` when the run was cancelled;
             a method calls it between its steps.
+        prealign_transform: the pre-alignment (input points → reference points) that made
+            ``reference_on_input``; a method that deforms the reference composes it with
+            its field and resamples ``reference_ct`` once (a second interpolation blurs).
     """
 
     input_image: sitk.Image
@@ -48,6 +51,7 @@ class MethodInputs:
     keep_intermediate: bool
     progress: Callable[..., None]
     checkpoint: Callable[[str], None]
+    prealign_transform: sitk.Transform = field(default_factory=sitk.Euler3DTransform)
 
 
 @dataclass

@@ -58,8 +58,11 @@ class DualSimilarityMethod(Method):
         inputs.checkpoint("warping the reference CT")
         inputs.progress(0.7, "generate", "warping the reference CT")
         field = case.grid.displacement_from_canvas(ddf)
-        transform = sitk.DisplacementFieldTransform(sitk.Image(field))  # the transform takes over its copy
-        warped = sitk.Resample(inputs.reference_on_input, inputs.input_image, transform, sitk.sitkLinear, AIR_HU, sitk.sitkFloat32)
+        # The reference CT as given, resampled once through the pre-alignment after the field
+        # (a CompositeTransform applies its last transform first): resampling the pre-aligned
+        # copy again would interpolate twice and blur it.
+        warp = sitk.CompositeTransform([inputs.prealign_transform, sitk.DisplacementFieldTransform(sitk.Image(field))])
+        warped = sitk.Resample(inputs.reference_ct, inputs.input_image, warp, sitk.sitkLinear, AIR_HU, sitk.sitkFloat32)
         magnitude = None
         if inputs.keep_intermediate:
             magnitude = sitk.GetImageFromArray(np.linalg.norm(sitk.GetArrayViewFromImage(field), axis=-1).astype(np.float32))
