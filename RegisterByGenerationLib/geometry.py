@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
-__all__ = ["CANONICAL_ORIENTATION", "to_axial", "from_axial", "resample_onto", "CanvasGrid"]
+__all__ = ["CANONICAL_ORIENTATION", "to_axial", "from_axial", "resample_onto", "warp_once", "CanvasGrid"]
 
 #: DICOM orientation code of the canonical axial orientation (identity direction).
 CANONICAL_ORIENTATION = "LPS"
@@ -95,6 +95,18 @@ def resample_onto(
     return sitk.Resample(
         _as_float32(moving), fixed, transform, interpolator, float(default_value), sitk.sitkFloat32
     )
+
+
+def warp_once(moving: sitk.Image, fixed: sitk.Image, prealign: sitk.Transform, displacement: sitk.Image, *, default_value: float) -> sitk.Image:
+    """``moving`` as given, resampled once onto ``fixed``'s grid at ``prealign(p + u(p))``.
+
+    ``displacement`` (``u``: vectors in mm on ``fixed``'s grid, ITK's convention) was found
+    against the pre-aligned copy of ``moving``; warping that copy again would interpolate
+    ``moving`` twice and blur it, so the pre-alignment and the field are composed (a
+    ``CompositeTransform`` applies its last transform first) and ``moving`` is read once.
+    """
+    composite = sitk.CompositeTransform([prealign, sitk.DisplacementFieldTransform(sitk.Image(displacement))])
+    return resample_onto(moving, fixed, composite, default_value=default_value)
 
 
 @dataclass(frozen=True)

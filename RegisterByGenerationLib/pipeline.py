@@ -272,7 +272,7 @@ class Pipeline:
             checkpoint("the demons refinement")
             report(0.95, "refine", "registering the reference CT onto the generated CT (demons)")
             start = time.perf_counter()
-            generated, _ = register_onto_generated(generated, reference_on_input)
+            generated, _ = register_onto_generated(generated, reference_on_input, reference_ct, transform)
             timings["refine_s"] = time.perf_counter() - start
         checkpoint("postprocessing")
         report(0.95, "postprocess", "restoring the input grid")

@@ -5,8 +5,9 @@ with the input is a *mono-modal* problem (CT onto CT), which classical deformabl
 registration solves far more reliably than the multi-modal MR↔CT or CBCT↔CT problem.
 :func:`register_onto_generated` runs SimpleITK's symmetric-forces demons (intensity
 differences in HU drive it; mono-modal by design) from coarse to fine on the generated
-image and warps the rigidly pre-aligned reference with the result, so the output keeps
-the reference's own HU and texture everywhere, with ŷ deciding only where things are.
+image and warps the reference with the result, composed with the pre-alignment so the
+reference is interpolated once. The output keeps the reference's own HU and texture
+everywhere, with ŷ deciding only where things are.
 
 It is a run option (``rbg run --refine demons``); ``docs/benchmarks.md`` compares it
 with the generated image itself.
@@ -15,6 +16,8 @@ with the generated image itself.
 from __future__ import annotations
 
 import SimpleITK as sitk
+
+from .geometry import warp_once
 
 __all__ = ["REFINEMENTS", "DemonsSettings", "register_onto_generated", "demons_field"]
 
@@ -44,21 +47,23 @@ class DemonsSettings:
 
 
 def register_onto_generated(
-    generated: sitk.Image, reference_on_input: sitk.Image, settings: DemonsSettings | None = None
-) -> tuple[sitk.Image, sitk.Image]:
-    """Deformably register the pre-aligned reference onto the generated CT (both HU, one grid).
+    generated: sitk.Image, reference_on_input: sitk.Image, reference_ct: sitk.Image, prealign: sitk.Transform,
+    settings: DemonsSettings | None = None,
+) -> tuple[sitk.Image, sitk.Image]:  # fmt: skip
+    """Deformably register the pre-aligned reference onto the generated CT (both HU, one
+    grid), then warp the reference CT as given through ``prealign`` (input points →
+    reference points, the transform that made ``reference_on_input``) and the field, so it
+    is interpolated once.
 
     Returns:
         ``(warped reference in HU on the input grid, displacement field in mm)``; the
-        field maps input-grid points into the reference (ITK's convention).
+        field maps input-grid points into the pre-aligned reference (ITK's convention).
 
     Raises:
         ValueError: the images are not on one grid.
     """
     field = demons_field(generated, reference_on_input, settings)
-    transform = sitk.DisplacementFieldTransform(sitk.Image(field))
-    warped = sitk.Resample(reference_on_input, generated, transform, sitk.sitkLinear, -1024.0, sitk.sitkFloat32)
-    return warped, field
+    return warp_once(reference_ct, generated, prealign, field, default_value=-1024.0), field
 
 
 def demons_field(fixed: sitk.Image, moving: sitk.Image, settings: DemonsSettings | None = None) -> sitk.Image:

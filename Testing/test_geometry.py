@@ -10,7 +10,7 @@ import SimpleITK as sitk
 from conftest import make_volume
 from scipy.spatial.transform import Rotation
 
-from RegisterByGenerationLib.geometry import CanvasGrid, from_axial, resample_onto, to_axial
+from RegisterByGenerationLib.geometry import CanvasGrid, from_axial, resample_onto, to_axial, warp_once
 
 FLIPPED = (-1, 0, 0, 0, -1, 0, 0, 0, 1)
 PERMUTED = (0, 0, 1, 1, 0, 0, 0, 1, 0)  # image z runs along physical x
@@ -83,6 +83,32 @@ def test_resample_onto_identity_and_shift():
     shifted = sitk.GetArrayFromImage(resample_onto(image, image, shift, default_value=-7.0))
     np.testing.assert_allclose(shifted[:, :, :-3], sitk.GetArrayFromImage(image)[:, :, 3:], atol=1e-3)
     assert np.all(shifted[:, :, -3:] == -7.0)
+
+
+def _uniform_field(like: sitk.Image, vector_mm) -> sitk.Image:
+    field = sitk.GetImageFromArray(np.broadcast_to(np.asarray(vector_mm, float), (*like.GetSize()[::-1], 3)).copy(), isVector=True)
+    field.CopyInformation(like)
+    return field
+
+
+def test_warp_once_composes_the_prealignment_and_the_field():
+    # Pre-alignment a third of a voxel along a rotated x, the field the same back: read once
+    # through both, the image comes back voxel for voxel; resampling the pre-aligned copy
+    # again (what warp_once replaces) interpolates twice and does not.
+    image = make_volume(size=(30, 24, 10), spacing=(1.5, 1.0, 2.5), direction=tuple(Rotation.from_euler("z", 20, degrees=True).as_matrix().ravel()))
+    step = np.asarray(image.GetDirection()).reshape(3, 3)[:, 0] * image.GetSpacing()[0] / 3
+    prealign = sitk.TranslationTransform(3, tuple(step))
+    back = _uniform_field(image, -step)
+    once = sitk.GetArrayFromImage(warp_once(image, image, prealign, back, default_value=-1.0))
+    truth = sitk.GetArrayFromImage(image)
+    inner = (slice(None), slice(None), slice(1, -1))
+    np.testing.assert_allclose(once, truth, atol=1e-3)
+    copy = resample_onto(image, image, prealign, default_value=-1.0)
+    twice = sitk.GetArrayFromImage(sitk.Resample(copy, image, sitk.DisplacementFieldTransform(sitk.Image(back)), sitk.sitkLinear, -1.0))
+    assert np.abs(twice[inner] - truth[inner]).max() > 1.0
+    away = warp_once(image, image, prealign, _uniform_field(image, (500.0, 0.0, 0.0)), default_value=-1.0)
+    assert np.all(sitk.GetArrayFromImage(away) == -1.0)
+    assert sitk.GetArrayFromImage(back).shape[-1] == 3 and back.GetPixelID() == sitk.sitkVectorFloat64  # the field is not consumed
 
 
 def test_resample_onto_other_grid_is_physical():

@@ -248,6 +248,35 @@ def test_the_exported_model_runs_both_methods_on_the_input_grid(gan_run, mr_case
         export_mr_gan(tmp_path, tmp_path / "other", name="x")
 
 
+def test_registration_by_synthesis_resamples_the_reference_once(gan_run, mr_cases, tmp_path, monkeypatch):
+    # Pre-alignment half a voxel along x, demons' field half a voxel back: the reference CT
+    # as given comes back voxel for voxel only if it is read once through both.
+    from RegisterByGenerationLib.methods.base import MethodInputs
+    from RegisterByGenerationLib.methods.mr_gan import method as method_module
+
+    info = export_mr_gan(gan_run, tmp_path / "model", name="tiny-gan")
+    case = sorted(p for p in mr_cases.iterdir() if p.is_dir())[0]
+    mr, ct = sitk.ReadImage(str(case / "mr.nii.gz")), sitk.ReadImage(str(case / "ct.nii.gz"))
+    reference = sitk.Resample(ct, mr, sitk.Transform(), sitk.sitkNearestNeighbor, -1024.0, sitk.sitkFloat32)  # on the MR's grid
+    half = 0.5 * mr.GetSpacing()[0]
+    prealign = sitk.Euler3DTransform()
+    prealign.SetTranslation((half, 0.0, 0.0))
+    on_input = sitk.Resample(reference, mr, prealign, sitk.sitkLinear, -1024.0, sitk.sitkFloat32)
+
+    def half_voxel_back(fixed, moving, settings):
+        vectors = np.zeros((*mr.GetSize()[::-1], 3))
+        vectors[..., 0] = -half
+        field = sitk.GetImageFromArray(vectors, isVector=True)
+        field.CopyInformation(mr)
+        return field
+
+    monkeypatch.setattr(method_module, "demons_field", half_voxel_back)
+    method = method_module.RegistrationBySynthesisMethod(info, device=torch.device("cpu"), autocast_dtype=None, batch_size=None, threads=1)
+    inputs = MethodInputs(mr, reference, on_input, "mr", 0, False, lambda *a: None, lambda what: None, prealign)
+    warped = sitk.GetArrayFromImage(method.generate(inputs).image)
+    np.testing.assert_allclose(warped, sitk.GetArrayFromImage(reference), atol=1e-2)
+
+
 def test_demons_between_two_mrs_recovers_a_shift():
     rng = np.random.default_rng(0)
     volume = sitk.SmoothingRecursiveGaussian(sitk.GetImageFromArray(rng.normal(size=(24, 64, 64)).astype(np.float32)), 3.0)

@@ -175,7 +175,7 @@ def test_demons_refinement_outputs_the_reference_registered_onto_the_generated_c
     model = make_tiny_model(tmp_path / "s1", pseudo_ct_output="stage1").path  # generated CT = Stage 1, kept
     result = Pipeline(model, device="cpu", prealign=False, refine="demons").run(case.input, case.reference_ct, keep_intermediate=True)
     assert "refine_s" in result.timings
-    warped, field = register_onto_generated(result.stage1, result.reference_prealigned)
+    warped, field = register_onto_generated(result.stage1, result.reference_prealigned, case.reference_ct, result.transform)
     assert np.array_equal(sitk.GetArrayFromImage(result.pseudo_ct), np.rint(sitk.GetArrayFromImage(warped)).astype(np.int16))
     assert same_geometry(field, case.input, tolerance=1e-6)
     with pytest.raises(InputError, match="refine must be one of none, demons"):
@@ -187,7 +187,7 @@ def test_demons_moves_a_shifted_ct_back_onto_its_original():
 
     ct = generate_case(seed=13, modality="cbct", size=(128, 96, 32)).ct_aligned
     shifted = sitk.Resample(ct, ct, sitk.TranslationTransform(3, (4.0, -3.0, 0.0)), sitk.sitkLinear, -1024.0)
-    warped, _ = register_onto_generated(ct, shifted)
+    warped, _ = register_onto_generated(ct, shifted, shifted, sitk.Euler3DTransform())
     truth, before, after = (sitk.GetArrayFromImage(i).astype(float) for i in (ct, shifted, warped))
     body = truth > -500
     assert np.abs(after - truth)[body].mean() < 0.6 * np.abs(before - truth)[body].mean()

@@ -9,6 +9,7 @@ import SimpleITK as sitk
 import torch
 
 from ...errors import InputMismatchError
+from ...geometry import warp_once
 from ...modelstore import ModelInfo, load_model
 from ...plausibility import check_memory, estimate_peak_bytes
 from ...preprocess import AIR_HU
@@ -58,11 +59,7 @@ class DualSimilarityMethod(Method):
         inputs.checkpoint("warping the reference CT")
         inputs.progress(0.7, "generate", "warping the reference CT")
         field = case.grid.displacement_from_canvas(ddf)
-        # The reference CT as given, resampled once through the pre-alignment after the field
-        # (a CompositeTransform applies its last transform first): resampling the pre-aligned
-        # copy again would interpolate twice and blur it.
-        warp = sitk.CompositeTransform([inputs.prealign_transform, sitk.DisplacementFieldTransform(sitk.Image(field))])
-        warped = sitk.Resample(inputs.reference_ct, inputs.input_image, warp, sitk.sitkLinear, AIR_HU, sitk.sitkFloat32)
+        warped = warp_once(inputs.reference_ct, inputs.input_image, inputs.prealign_transform, field, default_value=AIR_HU)
         magnitude = None
         if inputs.keep_intermediate:
             magnitude = sitk.GetImageFromArray(np.linalg.norm(sitk.GetArrayViewFromImage(field), axis=-1).astype(np.float32))

@@ -18,6 +18,7 @@ import SimpleITK as sitk
 import torch
 
 from ...errors import ModelError, TensorError
+from ...geometry import warp_once
 from ...modelstore import ModelInfo, load_model
 from ...plausibility import check_memory, estimate_peak_bytes
 from ...preprocess import AIR_HU
@@ -97,8 +98,7 @@ class RegistrationBySynthesisMethod(_MRGANModelMethod):
         inputs.progress(0.6, "generate", "registering the synthetic MR onto the input MR (demons)")
         fixed, moving = (case.grid.from_canvas(1000.0 * values, default_value=-1000.0) for values in (case.x, synthetic))
         field = demons_field(fixed, moving, MR_DEMONS)
-        transform = sitk.DisplacementFieldTransform(sitk.Image(field))
-        warped = sitk.Resample(inputs.reference_on_input, inputs.input_image, transform, sitk.sitkLinear, AIR_HU, sitk.sitkFloat32)
+        warped = warp_once(inputs.reference_ct, inputs.input_image, inputs.prealign_transform, field, default_value=AIR_HU)
         output = MethodOutput(image=warped, complete=True, displacement=field, details={"batch_size": self._batch, "canvas": case.grid.to_dict()})
         if inputs.keep_intermediate:
             magnitude = sitk.GetImageFromArray(np.linalg.norm(sitk.GetArrayViewFromImage(field), axis=-1).astype(np.float32))
