@@ -22,6 +22,7 @@ from RegisterByGenerationLib.methods.dual_similarity.training import (
     export_dual_similarity,
     PairedPatchDataset,
     load_paired_case,
+    synthetic_pair,
     teacher_field,
     train_dual_similarity,
 )
@@ -191,6 +192,56 @@ def test_the_teacher_term_flips_with_the_patch_and_stops_after_its_epochs(mr_pai
     taught, untaught = loss_fn(net, batch, teaching=True), loss_fn(net, batch, teaching=False)
     assert float(taught["teacher"]) > 0  # the untrained network is the identity, the teacher is not
     assert float(taught["total"] - untaught["total"]) == pytest.approx(2.0 * float(taught["teacher"]), rel=1e-5)
+
+
+def test_a_synthetic_pair_comes_back_under_its_target_field():
+    """exp(v) undoes the exp(−v) that made the moving CT: warping it back gives the fixed CT
+    (up to interpolation); the paired MR moved with it; the RMS displacement is at most
+    the bound; the same generator state gives the same pair."""
+    z, y, x = np.meshgrid(*(np.linspace(0, 1, n) for n in (16, 32, 40)), indexing="ij")
+    ct = (np.sin(9 * x) * np.cos(7 * y) * np.cos(4 * z)).astype(np.float32)
+    mr = (2.0 - 3.0 * ct).astype(np.float32)
+    moving, paired_mr, target = synthetic_pair(mr, ct, (6.0, 4.0, 4.0), np.random.default_rng(3), 10.0, 24.0)
+    assert moving.shape == paired_mr.shape == ct.shape and target.shape == (3, *ct.shape) and target.dtype == np.float32
+    np.testing.assert_allclose(paired_mr, 2.0 - 3.0 * moving, atol=1e-5)
+    back = DualSimilarityNet(TINY).warp(torch.from_numpy(moving)[None, None], torch.from_numpy(target)[None])[0, 0].numpy()
+    inner = (slice(3, -3), slice(4, -4), slice(4, -4))
+    wrong = DualSimilarityNet(TINY).warp(torch.from_numpy(moving)[None, None], torch.from_numpy(-target)[None])[0, 0].numpy()
+    before = np.abs(moving - ct)[inner].mean()
+    assert np.abs(back - ct)[inner].mean() < 0.3 * before < np.abs(wrong - ct)[inner].mean()  # the sign convention matters
+    rms_mm = np.sqrt(np.mean(np.sum((target * np.array([6.0, 4.0, 4.0])[:, None, None, None]) ** 2, axis=0)))
+    assert 0.5 < rms_mm < 10.0 * 1.1  # integration changes the RMS a little
+    again = synthetic_pair(mr, ct, (6.0, 4.0, 4.0), np.random.default_rng(3), 10.0, 24.0)
+    assert all(np.array_equal(a, b) for a, b in zip(again, (moving, paired_mr, target)))
+
+
+def test_synthetic_items_carry_their_exact_field_and_need_the_teacher_term(mr_pairs):
+    config = _tiny_training(teacher_weight=1.0, synthetic_fraction=1.0, synthetic_displacement_mm=12.0)
+    _, files = find_cases(mr_pairs, "mr")
+    case = load_paired_case(files[0], config)
+    dataset = PairedPatchDataset([case], DualSimilarityTrainingConfig(**{**config.to_dict(), "flip": False}), 4)
+    for index in range(4):
+        sample = dataset[index]
+        warp = DualSimilarityNet(TINY).warp
+        back, wrong = (warp(sample["moving"][None], sign * sample["teacher"][None])[0] for sign in (1, -1))
+        error = [torch.abs(v - sample["paired_ct"])[:, 1:-1, 2:-2, 2:-2].mean() for v in (back, sample["moving"], wrong)]  # away from the faces
+        assert error[0] < error[1] < error[2]
+    real = PairedPatchDataset([case], _tiny_training(teacher_weight=1.0), 1)[0]
+    assert torch.equal(real["fixed"], PairedPatchDataset([case], _tiny_training(teacher_weight=1.0, synthetic_fraction=0.0), 1)[0]["fixed"])
+    with pytest.raises(InputError, match="^synthetic_fraction needs teacher_weight > 0"):
+        _tiny_training(synthetic_fraction=0.5)
+    with pytest.raises(InputError, match=r"^synthetic_fraction must lie in \[0, 1\]"):
+        _tiny_training(teacher_weight=1.0, synthetic_fraction=1.5)
+
+
+def test_instance_normalisation_keeps_no_running_statistics_and_starts_at_the_identity():
+    config = DualSimilarityConfig.from_dict({**TINY.to_dict(), "norm": "instance"})
+    net = DualSimilarityNet(config)
+    assert not any("running_mean" in key for key in net.state_dict()) and DualSimilarityConfig.from_dict(config.to_dict()).norm == "instance"
+    x = torch.randn(2, 1, 8, 16, 16)
+    assert torch.count_nonzero(net(x, torch.randn_like(x))["ddf"]) == 0
+    with pytest.raises(InputError, match="^dual_similarity norm must be one of batch, instance, got 'group'$"):
+        DualSimilarityConfig(norm="group")
 
 
 def test_monai_bending_energy_is_the_naive_formula():

@@ -40,10 +40,12 @@ from torch import nn
 
 from ...errors import InputError
 
-__all__ = ["DualSimilarityConfig", "DualSimilarityNet", "INPUT_FEATURES", "coarse_factors", "mind_descriptors"]
+__all__ = ["DualSimilarityConfig", "DualSimilarityNet", "INPUT_FEATURES", "NORMS", "coarse_factors", "mind_descriptors"]
 
 #: What the network reads: the two intensity volumes, or their MIND descriptors.
 INPUT_FEATURES = ("intensity", "mind")
+#: The normalisation after each convolution.
+NORMS = ("batch", "instance")
 
 
 @dataclass
@@ -58,6 +60,9 @@ class DualSimilarityConfig:
             output is the displacement itself, not diffeomorphic).
         patch: ``(Z, Y, X)`` coarse voxels of a training patch (multiples of 4).
         input_features: one of :data:`INPUT_FEATURES`.
+        norm: one of :data:`NORMS`: the paper's batch normalisation, or instance
+            normalisation (a departure: the same statistics in training and inference, so
+            the validation does not jump with the running averages of batches of two).
     """
 
     channels: tuple[int, int, int] = (16, 32, 64)
@@ -65,6 +70,7 @@ class DualSimilarityConfig:
     integration_steps: int = 7
     patch: tuple[int, int, int] = (32, 64, 64)
     input_features: str = "intensity"
+    norm: str = "batch"
     kind: str = field(default="dual_similarity", init=False)
 
     def __post_init__(self) -> None:
@@ -80,6 +86,8 @@ class DualSimilarityConfig:
             raise InputError(f"dual_similarity integration_steps must be a non-negative integer, got {self.integration_steps!r}")
         if self.input_features not in INPUT_FEATURES:
             raise InputError(f"dual_similarity input_features must be one of {', '.join(INPUT_FEATURES)}, got {self.input_features!r}")
+        if self.norm not in NORMS:
+            raise InputError(f"dual_similarity norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
@@ -127,10 +135,11 @@ def mind_descriptors(volume: torch.Tensor) -> torch.Tensor:
     return mind / mind.amax(dim=1, keepdim=True)
 
 
-def _block(inputs: int, outputs: int) -> nn.Sequential:
+def _block(inputs: int, outputs: int, norm: str) -> nn.Sequential:
+    layer = nn.BatchNorm3d if norm == "batch" else lambda n: nn.InstanceNorm3d(n, affine=True)
     return nn.Sequential(
-        nn.Conv3d(inputs, outputs, 3, padding=1), nn.BatchNorm3d(outputs), nn.ReLU(inplace=True),
-        nn.Conv3d(outputs, outputs, 3, padding=1), nn.BatchNorm3d(outputs), nn.ReLU(inplace=True),
+        nn.Conv3d(inputs, outputs, 3, padding=1), layer(outputs), nn.ReLU(inplace=True),
+        nn.Conv3d(outputs, outputs, 3, padding=1), layer(outputs), nn.ReLU(inplace=True),
     )  # fmt: skip
 
 
@@ -148,8 +157,9 @@ class DualSimilarityNet(nn.Module):
         self.config = config or DualSimilarityConfig()
         c0, c1, c2 = self.config.channels
         inputs = 2 if self.config.input_features == "intensity" else 12
-        self.encode0, self.encode1, self.encode2 = _block(inputs, c0), _block(c0, c1), _block(c1, c2)
-        self.decode1, self.decode0 = _block(c2 + c1, c1), _block(c1 + c0, c0)
+        norm = self.config.norm
+        self.encode0, self.encode1, self.encode2 = _block(inputs, c0, norm), _block(c0, c1, norm), _block(c1, c2, norm)
+        self.decode1, self.decode0 = _block(c2 + c1, c1, norm), _block(c1 + c0, c0, norm)
         self.head = nn.Conv3d(c0, 3, 1)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)

@@ -40,6 +40,7 @@ import hashlib
 import json
 import math
 import os
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,7 @@ from .network import DualSimilarityConfig, DualSimilarityNet, coarse_factors
 
 __all__ = [
     "DualSimilarityTrainingConfig", "PairedCase", "load_paired_case", "PairedPatchDataset", "DualSimilarityLoss",
-    "train_dual_similarity", "export_dual_similarity", "load_training_config", "is_dual_similarity_run",
+    "train_dual_similarity", "export_dual_similarity", "load_training_config", "is_dual_similarity_run", "synthetic_pair",
 ]  # fmt: skip
 
 #: Stem of the MR of the reference's anatomy in a case folder.
@@ -98,6 +99,9 @@ class DualSimilarityTrainingConfig:
     teacher_weight: float = 0.0
     teacher_fraction: float = 1.0
     teacher_smoothing_mm: float = 4.5
+    synthetic_fraction: float = 0.0
+    synthetic_displacement_mm: float = 6.0
+    synthetic_smoothness_mm: float = 30.0
 
     def __post_init__(self) -> None:
         if isinstance(self.architecture, dict):
@@ -117,6 +121,11 @@ class DualSimilarityTrainingConfig:
             raise InputError("the loss weights and moving_shift_px must be non-negative")
         if not 0.0 <= self.teacher_fraction <= 1.0 or not self.teacher_smoothing_mm > 0:
             raise InputError(f"teacher_fraction must lie in [0, 1] and teacher_smoothing_mm be positive, got {self.teacher_fraction!r}, {self.teacher_smoothing_mm!r}")
+        if not 0.0 <= self.synthetic_fraction <= 1.0 or min(self.synthetic_displacement_mm, self.synthetic_smoothness_mm) <= 0:
+            raise InputError(f"synthetic_fraction must lie in [0, 1] and synthetic_displacement_mm, synthetic_smoothness_mm be positive, got "
+                             f"{self.synthetic_fraction!r}, {self.synthetic_displacement_mm!r}, {self.synthetic_smoothness_mm!r}")  # fmt: skip
+        if self.synthetic_fraction > 0 and self.teacher_weight <= 0:
+            raise InputError("synthetic_fraction needs teacher_weight > 0: the synthetic pairs are learnt through their exact field, in the teacher term")
         if self.ct_weight + self.mr_weight <= 0:
             raise InputError("at least one of ct_weight and mr_weight must be positive (the similarity terms)")
 
@@ -244,13 +253,46 @@ def teacher_field(moving_hu: np.ndarray, fixed_hu: np.ndarray, spacing_zyx: tupl
     return (np.moveaxis(field_mm, -1, 0)[::-1] / np.asarray(spacing_zyx, dtype=np.float64)[:, None, None, None]).astype(np.float32)
 
 
+@torch.no_grad()
+def synthetic_pair(mr: np.ndarray, ct: np.ndarray, spacing_zyx: tuple[float, ...], rng: np.random.Generator,
+                   displacement_mm: float, smoothness_mm: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """A training pair with an exact field, made from one aligned MR/CT patch (a departure).
+
+    A random smooth velocity ``v`` (white noise in mm, Gaussian-smoothed by
+    ``smoothness_mm``, scaled to an RMS displacement drawn uniformly up to
+    ``displacement_mm``) is integrated both ways by scaling and squaring; the CT and the MR
+    warped by ``exp(−v)`` are the moving CT and its paired MR, and ``exp(v)`` — which
+    brings them back onto the fixed MR, ``exp(−v)∘exp(v) = id`` — is the target (coarse
+    voxels along Z, Y, X, the network's convention).
+
+    Returns:
+        ``(moving CT, its paired MR, target field [3, z, y, x])``, float32.
+    """
+    from monai.networks.blocks import DVF2DDF, Warp
+    from scipy.ndimage import gaussian_filter
+
+    spacing = np.asarray(spacing_zyx, dtype=np.float64)
+    velocity_mm = np.stack([gaussian_filter(rng.standard_normal(mr.shape), smoothness_mm / spacing) for _ in range(3)])
+    rms = float(np.sqrt(np.mean(np.sum(velocity_mm**2, axis=0)))) or 1.0
+    velocity = velocity_mm * (rng.uniform(0.0, displacement_mm) / rms) / spacing[:, None, None, None]
+    integrate, warp = DVF2DDF(num_steps=7), Warp(mode="bilinear", padding_mode="border")
+    v = torch.from_numpy(velocity.astype(np.float32))[None]
+    forward, backward = integrate(v), integrate(-v)
+    moving = warp(torch.from_numpy(np.stack([ct, mr]))[None].float(), backward)[0].numpy()
+    return moving[0], moving[1], forward[0].numpy()
+
+
 class PairedPatchDataset(torch.utils.data.Dataset):
     """Random coarse patches centred on body voxels: ``fixed`` (MR), ``moving`` (CT), their
     pairs ``paired_ct`` (fixed space) and ``paired_mr`` (moving space), each ``[1, z, y, x]``;
-    item ``i`` of epoch ``e`` from ``default_rng([seed, e, i])``."""
+    item ``i`` of epoch ``e`` from ``default_rng([seed, e, i])``. A share
+    ``synthetic_fraction`` of the items are :func:`synthetic_pair`\ s of the fixed patch,
+    with their exact field as ``teacher``."""
 
     def __init__(self, cases: list[PairedCase], config: DualSimilarityTrainingConfig, length: int) -> None:
         self.cases, self.config, self.length, self.epoch = cases, config, int(length), 0
+        factors = [coarse_factors(case.spacing_zyx, config.architecture.coarse_spacing_mm) for case in cases]
+        self.spacing = [tuple(s * f for s, f in zip(case.spacing_zyx, f)) for case, f in zip(cases, factors)]
         self.body = [np.argwhere(case.coarse["mask"] > 0.5) for case in cases]
         empty = next((case.case_id for case, body in zip(cases, self.body) if len(body) == 0), None)
         if empty is not None:
@@ -273,14 +315,19 @@ class PairedPatchDataset(torch.utils.data.Dataset):
         shift = (int(rng.integers(-1, 2)), int(rng.integers(-s, s + 1)), int(rng.integers(-s, s + 1))) if s else (0, 0, 0)
         moved = tuple(a + b for a, b in zip(corner, shift))
         mr_pad = float(coarse["x"].min())
-        sample = {
-            "fixed": crop3d(coarse["x"], corner, patch, mr_pad),
-            "paired_ct": crop3d(coarse["paired_ct"], corner, patch, -1.0),
-            "moving": crop3d(coarse["y"], moved, patch, -1.0),
-            "paired_mr": crop3d(coarse["paired_mr"], moved, patch, float(coarse["paired_mr"].min())),
-        }
-        if "teacher" in coarse:  # in the fixed (MR) space, like the field
-            sample["teacher"] = np.stack([crop3d(component, corner, patch, 0.0) for component in coarse["teacher"]])
+        fixed, paired_ct = crop3d(coarse["x"], corner, patch, mr_pad), crop3d(coarse["paired_ct"], corner, patch, -1.0)
+        if rng.random() < config.synthetic_fraction:
+            moving, paired_mr, target = synthetic_pair(fixed, paired_ct, self.spacing[c], rng, config.synthetic_displacement_mm, config.synthetic_smoothness_mm)
+            sample = {"fixed": fixed, "paired_ct": paired_ct, "moving": moving, "paired_mr": paired_mr, "teacher": target}
+        else:
+            sample = {
+                "fixed": fixed,
+                "paired_ct": paired_ct,
+                "moving": crop3d(coarse["y"], moved, patch, -1.0),
+                "paired_mr": crop3d(coarse["paired_mr"], moved, patch, float(coarse["paired_mr"].min())),
+            }
+            if "teacher" in coarse:  # in the fixed (MR) space, like the field
+                sample["teacher"] = np.stack([crop3d(component, corner, patch, 0.0) for component in coarse["teacher"]])
         if config.flip and rng.random() < 0.5:
             sample = {k: v[..., ::-1] for k, v in sample.items()}
             if "teacher" in sample:
@@ -304,10 +351,13 @@ class DualSimilarityLoss(torch.nn.Module):
     def forward(self, net: DualSimilarityNet, batch: dict[str, torch.Tensor], teaching: bool = True) -> dict[str, torch.Tensor]:
         config = self.config
         ddf = net(batch["fixed"], batch["moving"])["ddf"]
+        with warnings.catch_warnings():  # MONAI's bending energy indexes with lists, which torch warns about at every step
+            warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional indexing", category=UserWarning)
+            bending = self.bending(ddf)
         terms = {
             "ct": 1.0 + self.ncc(net.warp(batch["moving"], ddf), batch["paired_ct"]),
             "mr": 1.0 + self.ncc(net.warp(batch["paired_mr"], ddf), batch["fixed"]),
-            "bending": self.bending(ddf),
+            "bending": bending,
             "magnitude": ddf.pow(2).mean(),
         }
         weights = {"ct": config.ct_weight, "mr": config.mr_weight, "bending": config.bending_weight, "magnitude": config.magnitude_weight}
@@ -400,6 +450,12 @@ def export_dual_similarity(run_dir: str | os.PathLike, model_dir: str | os.PathL
     if config.architecture.input_features == "mind":
         departures.append("the network reads each image's MIND descriptor (six self-similarity channels, contrast-independent) "
                           "instead of the MR and CT intensities")  # fmt: skip
+    if config.architecture.norm == "instance":
+        departures.append("instance normalisation instead of batch normalisation (the same statistics in training and inference)")
+    if config.synthetic_fraction > 0:
+        departures.append(f"{config.synthetic_fraction:.0%} of the training pairs are synthetic: an aligned MR/CT patch of a training case, its CT "
+                          f"and MR warped by a random smooth diffeomorphism (RMS displacement up to {config.synthetic_displacement_mm:g} mm, "
+                          f"smoothness {config.synthetic_smoothness_mm:g} mm), learnt through the teacher term with its exact inverse field")  # fmt: skip
     if config.teacher_weight > 0:
         departures.append(f"a warm start: for the first {config.teacher_epochs} of {config.epochs} epochs the loss adds "
                           f"{config.teacher_weight:g} × the mean squared distance to the field that mono-modal demons find between the pair's "
